@@ -1,0 +1,1 @@
+"""The ``fastnn`` command-line tool: a thin click layer over the library."""

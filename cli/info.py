@@ -1,0 +1,45 @@
+"""``fastnn info``: the version, the backends that work here, the BLAS in use, GPU details."""
+
+import os
+import platform
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fastnn import __version__
+from fastnn.backend import available_backends
+
+
+def blas_description() -> str:
+    """The BLAS library NumPy calls and its thread count (threadpoolctl, where installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see it)"
+    import numpy  # noqa: F401  (loads the BLAS so that threadpoolctl can see it)
+
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return "none found"
+    return "; ".join(
+        f"{p.get('internal_api')} {p.get('version')} ({p.get('threading_layer', '?')}, "
+        f"{p.get('num_threads')} threads, {p.get('architecture', '?')})"
+        for p in pools
+    )
+
+
+@click.command()
+def info() -> None:
+    """Show the version, which backends run on this machine (and why not), and the BLAS."""
+    import numpy
+
+    console = Console()
+    console.print(f"fastnn {__version__} · Python {platform.python_version()} · numpy {numpy.__version__}")
+    console.print(escape(f"CPU: {platform.machine()}, {os.cpu_count()} cores · BLAS: {blas_description()}"))
+    table = Table("backend", "status", title="backends")
+    for name, status in available_backends().items():
+        style = "green" if status.startswith("ok") else "yellow"
+        table.add_row(name, f"[{style}]{escape(status)}[/{style}]")
+    console.print(table)

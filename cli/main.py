@@ -1,0 +1,15 @@
+"""Entry point of the ``fastnn`` command: one click group, one module per command."""
+
+import click
+
+from fastnn import __version__
+from fastnn_cli.info import info
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastnn")
+def cli() -> None:
+    """Fully-connected networks on CIFAR-10, from scratch, on NumPy or CuPy."""
+
+
+cli.add_command(info)

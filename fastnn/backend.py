@@ -1,0 +1,181 @@
+"""The one place where the array namespace ``xp`` is chosen.
+
+A :class:`Backend` bundles a namespace (NumPy, CuPy, or ``array_api_strict`` on a simulated
+non-CPU device) with the few things the rest of fastnn needs from it: putting host data on the
+device, bringing results back, random numbers made on the device, and a synchronisation point for
+honest timing. Everything else in fastnn is written once against ``backend.xp``.
+
+``get_backend("auto" | "cpu" | "gpu" | "strict")`` resolves a name to a backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("fastnn")
+
+GPU_INSTALL_HINT = (
+    'install CuPy with `pip install "fastnn[gpu]"` (CUDA 12) or `pip install "fastnn[cuda13]"` (CUDA 13), '
+    "or use --device cpu"
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to do."""
+
+
+class DeviceRNG:
+    """Random numbers made where the arrays live, so that nothing is copied across per batch.
+
+    ``normal(shape, std)`` and ``uniform(shape)`` give float arrays, ``permutation(n)`` an index
+    array, all on the backend's device.
+    """
+
+    def __init__(self, backend: Backend, seed: int | None):
+        self.backend = backend
+        if backend.name == "cupy":
+            self._gen = backend.xp.random.RandomState(seed)
+        else:
+            self._gen = np.random.default_rng(seed)
+
+    def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: str = "float32") -> Any:
+        if self.backend.name == "cupy":
+            return self._gen.normal(0.0, std, size=shape, dtype=dtype)
+        return self.backend.asarray(self._gen.normal(0.0, std, size=shape), dtype)
+
+    def uniform(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        """Uniform on [0, 1)."""
+        if self.backend.name == "cupy":
+            return self._gen.random_sample(size=shape, dtype=dtype)
+        if self.backend.name == "numpy":
+            return self._gen.random(size=shape, dtype=np.dtype(dtype))
+        return self.backend.asarray(self._gen.random(size=shape), dtype)
+
+    def integers(self, high: int, shape: tuple[int, ...]) -> Any:
+        """Integers in [0, high)."""
+        if self.backend.name == "cupy":
+            return self._gen.randint(0, high, size=shape, dtype="int64")
+        return self.backend.asarray(self._gen.integers(0, high, size=shape), "int64")
+
+    def permutation(self, n: int) -> Any:
+        if self.backend.name == "cupy":
+            return self._gen.permutation(n)
+        return self.backend.asarray(self._gen.permutation(n), "int64")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array namespace and the device its arrays live on.
+
+    ``note`` carries a one-line remark for the user (e.g. why "auto" fell back to the CPU).
+    """
+
+    name: str
+    xp: ModuleType
+    device: Any = None
+    note: str | None = field(default=None, compare=False)
+
+    def asarray(self, host_array: Any, dtype: str | None = None) -> Any:
+        """Put a host (NumPy) array or Python scalar/list on the device, optionally as ``dtype``."""
+        host = np.asarray(host_array, dtype=None if dtype is None else np.dtype(dtype))
+        if self.name == "numpy":
+            return host
+        if self.name == "cupy":
+            return self.xp.asarray(host)
+        return self.xp.asarray(host, device=self.device)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """The one explicit way back to the host."""
+        if self.name == "cupy":
+            return self.xp.asnumpy(array)
+        if self.name == "strict":
+            return np.asarray(array.to_device(self.xp.Device("CPU_DEVICE")))
+        return np.asarray(array)
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self.xp, name)
+
+    def rng(self, seed: int | None = None) -> DeviceRNG:
+        return DeviceRNG(self, seed)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on the CPU)."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def describe(self) -> str:
+        if self.name == "cupy":
+            props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+            return f"cupy on {props['name'].decode()}"
+        if self.name == "strict":
+            return "array-api-strict on a simulated device"
+        return "numpy on the CPU"
+
+
+def _cupy_backend() -> Backend:
+    try:
+        import cupy
+    except ImportError as exc:  # a broken CUDA install raises other ImportErrors than "no module"
+        raise BackendUnavailable(f"CuPy is not importable ({exc}); {GPU_INSTALL_HINT}") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError when no driver is present
+        raise BackendUnavailable(f"CuPy found no usable CUDA driver ({exc}); use --device cpu") from exc
+    if count < 1:
+        raise BackendUnavailable("CuPy found no GPU; use --device cpu")
+    return Backend("cupy", cupy, cupy.cuda.Device())
+
+
+def _strict_backend() -> Backend:
+    try:
+        import array_api_strict
+    except ImportError as exc:
+        raise BackendUnavailable(
+            'the strict backend needs array-api-strict: pip install "fastnn[test]"'
+        ) from exc
+    return Backend("strict", array_api_strict, array_api_strict.Device("device1"))
+
+
+_auto_noted = False
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """Resolve ``"auto" | "cpu" | "gpu" | "strict"`` (also ``"numpy"``, ``"cupy"``) to a backend.
+
+    ``"gpu"`` raises :class:`BackendUnavailable` when CuPy or a GPU is missing; ``"auto"`` then
+    falls back to the CPU, logs why once, and records it in ``backend.note``.
+    """
+    global _auto_noted
+    key = name.lower()
+    if key in ("cpu", "numpy"):
+        return Backend("numpy", np, "cpu")
+    if key in ("gpu", "cupy", "cuda"):
+        return _cupy_backend()
+    if key == "strict":
+        return _strict_backend()
+    if key == "auto":
+        try:
+            return _cupy_backend()
+        except BackendUnavailable as exc:
+            note = f"no GPU backend ({exc}); running on the CPU"
+            if not _auto_noted:
+                log.info(note)
+                _auto_noted = True
+            return Backend("numpy", np, "cpu", note=note)
+    raise BackendUnavailable(f"unknown device {name!r}; choose one of auto, cpu, gpu")
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend name mapped to "ok" or the reason it cannot run here."""
+    status = {}
+    for key in ("numpy", "cupy", "strict"):
+        try:
+            status[key] = "ok: " + get_backend(key).describe()
+        except BackendUnavailable as exc:
+            status[key] = f"unavailable: {exc}"
+    return status

@@ -1,0 +1,235 @@
+"""A feed-forward network of dense layers with softmax and cross-entropy on top.
+
+The assignment's three methods are here: ``forward_pass(x)`` gives class probabilities,
+``backward_pass(targets)`` fills the gradient of every parameter (the L2 term included), and
+``update_network(optimizer, lr)`` takes one optimizer step. Everything stays on the device the
+network was built for; nothing here reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from fastnn.layers import ACTIVATIONS, Dense, Dropout, Layer
+from fastnn.losses import SoftmaxCrossEntropy, softmax
+from fastnn.regularizers import L2
+
+Array = Any
+
+DEFAULT_INIT = {"relu": "he", "leaky_relu": "he", "sigmoid": "xavier", "tanh": "xavier"}
+
+
+class Network:
+    """Dense layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]`` with ``activation`` between them.
+
+    ``sizes`` lists the widths, input first and number of classes last, e.g. ``[3072, 1024, 512, 10]``.
+    ``dropout`` is applied after every hidden activation; ``l2`` is the L2 strength (0 for none).
+    ``backend`` is a :class:`fastnn.backend.Backend`; weights are drawn on its device from ``seed``.
+    Alternatively pass ready ``layers`` (then ``sizes`` and ``activation`` are ignored).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int] | None = None,
+        activation: str = "relu",
+        *,
+        backend: Any = None,
+        init: str | None = None,
+        dropout: float = 0.0,
+        l2: float = 0.0,
+        seed: int | None = 0,
+        dtype: str = "float32",
+        layers: Sequence[Layer] | None = None,
+    ):
+        if backend is None:
+            from fastnn.backend import get_backend
+
+            backend = get_backend("cpu")
+        self.backend, self.dtype = backend, dtype
+        self.rng = backend.rng(seed)
+        self.regularizer = L2(l2)
+        self.loss_fn = SoftmaxCrossEntropy()
+        self.activation, self.dropout = activation, dropout
+        if layers is not None:
+            self.layers = list(layers)
+        else:
+            self.layers = self._build(sizes, activation, init, dropout)
+        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        if not dense:
+            raise ValueError("a network needs at least one Dense layer")
+        self.sizes = [dense[0].n_in] + [layer.n_out for layer in dense]
+        self.init = dense[0].init
+
+    def _build(self, sizes, activation, init, dropout) -> list[Layer]:
+        if sizes is None or len(sizes) < 2:
+            raise ValueError(f"need at least two layer sizes (inputs and classes), got {sizes!r}")
+        if any(int(s) != s or s < 1 for s in sizes):
+            raise ValueError(f"layer sizes must be positive integers, got {list(sizes)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        init = init or DEFAULT_INIT[activation]
+        layers: list[Layer] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Dense(int(n_in), int(n_out), self.rng, init=init, dtype=self.dtype))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+                if dropout > 0:
+                    layers.append(Dropout(dropout, self.rng))
+        return layers
+
+    @property
+    def n_classes(self) -> int:
+        return self.sizes[-1]
+
+    # -- the assignment's interface -----------------------------------------------------------
+    def logits(self, x: Array, training: bool = False) -> Array:
+        """Pre-softmax outputs (batch, classes) for inputs ``x`` (batch, sizes[0])."""
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}, but the first layer expects (batch, {self.sizes[0]})"
+            )
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        self._logits = x
+        return x
+
+    def forward_pass(self, x: Array, training: bool = False) -> Array:
+        """Class probabilities (batch, classes): softmax of the last layer's outputs."""
+        return softmax(self.logits(x, training))
+
+    def backward_pass(self, targets: Array) -> Array:
+        """Gradients of ``loss(targets)`` for every parameter, from the last forward pass.
+
+        ``targets`` are integer labels (batch,) or probability rows (batch, classes).
+        Returns the loss (a 0-d device array: cross-entropy plus the L2 penalty).
+        """
+        loss = self.loss_fn.forward(self._logits, targets)
+        grad = self.loss_fn.backward()
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        if self.regularizer.lam:
+            for layer in self._dense():
+                layer.grads["W"] = layer.grads["W"] + self.regularizer.gradient(layer.params["W"])
+            loss = loss + self.regularizer.penalty([layer.params["W"] for layer in self._dense()])
+        return loss
+
+    def update_network(self, optimizer: Any, lr: float) -> None:
+        """One optimizer step with learning rate ``lr`` on every parameter."""
+        optimizer.step(self.param_grads(), lr)
+
+    # -- conveniences built on the three methods --------------------------------------------------
+    def train_step(self, x: Array, labels: Array, optimizer: Any, lr: float) -> tuple[Array, Array]:
+        """Forward, backward and update on one batch; returns (loss, number correct) on the device."""
+        self.check_labels(labels)
+        self.logits(x, training=True)
+        loss = self.backward_pass(labels)
+        correct = self._count_correct(self._logits, labels)
+        self.update_network(optimizer, lr)
+        return loss, correct
+
+    def loss(self, x: Array, targets: Array) -> Array:
+        """Cross-entropy plus L2 penalty on ``(x, targets)`` in evaluation mode (0-d device array)."""
+        self.check_labels(targets, values=True)
+        logits = self.logits(x)
+        loss = SoftmaxCrossEntropy().forward(logits, targets)
+        return loss + self.regularizer.penalty([layer.params["W"] for layer in self._dense()])
+
+    def predict(self, x: Array) -> Array:
+        """Predicted class indices (batch,)."""
+        return array_namespace(x).argmax(self.logits(x), axis=1)
+
+    def accuracy(self, x: Array, labels: Array) -> float:
+        """Fraction of ``labels`` predicted correctly (read back to the host: not for the batch loop)."""
+        self.check_labels(labels, values=True)
+        return float(self._count_correct(self.logits(x), labels)) / labels.shape[0]
+
+    def parameters(self) -> Iterator[tuple[str, Array]]:
+        """``(name, array)`` for every parameter, e.g. ``("0.W", W)`` for the first layer's weights."""
+        for i, layer in enumerate(self.layers):
+            for key, value in layer.params.items():
+                yield f"{i}.{key}", value
+
+    def param_grads(self) -> list[tuple[str, Array, Array]]:
+        """``(name, param, grad)`` triples, as optimizers take them."""
+        return [
+            (f"{i}.{key}", value, layer.grads[key])
+            for i, layer in enumerate(self.layers)
+            for key, value in layer.params.items()
+        ]
+
+    def n_parameters(self) -> int:
+        return sum(int(a.size) for _, a in self.parameters())
+
+    def state_dict(self) -> dict[str, Array]:
+        """Parameter name -> array (on the device); ``backend.to_numpy`` each to save them."""
+        return dict(self.parameters())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy host or device arrays into the parameters (shapes must match; put on this device)."""
+        own = dict(self.parameters())
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise ValueError(f"state is missing parameters {missing}")
+        for i, layer in enumerate(self.layers):
+            for key, current in layer.params.items():
+                name = f"{i}.{key}"
+                value = state[name]
+                if tuple(value.shape) != tuple(current.shape):
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(current.shape)}")
+                xp = array_namespace(current)
+                if _namespace_or_none(value) is xp:
+                    layer.params[key] = xp.astype(value, current.dtype, copy=True)
+                else:  # a host array, e.g. from a checkpoint file
+                    layer.params[key] = self.backend.asarray(value, self.dtype)
+
+    def architecture(self) -> dict[str, Any]:
+        """What is needed to rebuild this network (saved in checkpoints)."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": self.activation,
+            "init": self.init,
+            "dropout": self.dropout,
+            "l2": self.regularizer.lam,
+        }
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Network([{inner}], l2={self.regularizer.lam}, backend={self.backend.name})"
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _dense(self) -> list[Dense]:
+        return [layer for layer in self.layers if isinstance(layer, Dense)]
+
+    def check_labels(self, labels: Array, values: bool = False) -> None:
+        """Shape and dtype checks; with ``values`` also the range (that reads from the device)."""
+        if labels.ndim == 2:
+            if labels.shape[1] != self.n_classes:
+                raise ValueError(f"targets have {labels.shape[1]} columns, the network has {self.n_classes} classes")
+            return
+        xp = array_namespace(labels)
+        if labels.ndim != 1 or not xp.isdtype(labels.dtype, "integral"):
+            raise ValueError(
+                f"labels must be a 1-D integer array of class indices (got ndim={labels.ndim}, dtype={labels.dtype})"
+            )
+        if values and labels.shape[0]:
+            low, high = int(xp.min(labels)), int(xp.max(labels))
+            if low < 0 or high >= self.n_classes:
+                raise ValueError(f"labels must lie in [0, {self.n_classes}), found values from {low} to {high}")
+
+    @staticmethod
+    def _count_correct(logits: Array, labels: Array) -> Array:
+        xp = array_namespace(logits)
+        if labels.ndim == 2:
+            labels = xp.argmax(labels, axis=1)
+        return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
+
+def _namespace_or_none(array: Any) -> Any:
+    try:
+        return array_namespace(array)
+    except TypeError:
+        return None

@@ -1,0 +1,101 @@
+"""Optimizers: update parameters in place from their gradients, with a learning rate given per step.
+
+``step(entries, lr)`` takes ``(name, param, grad)`` triples (``Network.param_grads()``); the name
+keys the optimizer's per-parameter state, so one optimizer serves one network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from array_api_compat import array_namespace
+
+Array = Any
+Entries = Iterable[tuple[str, Array, Array]]
+
+
+class SGD:
+    """Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+    Without momentum: ``p <- p - lr * g``. With momentum ``mu`` (the form PyTorch uses, so the
+    buffer does not depend on the learning rate and schedules act immediately):
+    ``v <- mu * v + g``, then ``p <- p - lr * v``, or with Nesterov ``p <- p - lr * (g + mu * v)``.
+    """
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = momentum, nesterov
+        self.velocity: dict[str, Array] = {}
+
+    def step(self, entries: Entries, lr: float) -> None:
+        for name, param, grad in entries:
+            if self.momentum == 0.0:
+                param -= lr * grad
+                continue
+            if name not in self.velocity:
+                self.velocity[name] = grad * 1.0  # a copy: the first step's buffer is the gradient
+            else:
+                velocity = self.velocity[name]
+                velocity *= self.momentum
+                velocity += grad
+            velocity = self.velocity[name]
+            param -= lr * (grad + self.momentum * velocity) if self.nesterov else lr * velocity
+
+    def state_dict(self) -> dict[str, Array]:
+        return {f"velocity.{k}": v for k, v in self.velocity.items()}
+
+    def __repr__(self) -> str:
+        return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
+
+
+class Adam:
+    """Adam with bias correction (Kingma & Ba, 2015).
+
+    ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``t <- t + 1``,
+    ``p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        for label, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{label} must be in [0, 1), got {beta}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.t = 0
+        self.m: dict[str, Array] = {}
+        self.v: dict[str, Array] = {}
+
+    def step(self, entries: Entries, lr: float) -> None:
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        correction1 = 1.0 - b1**self.t
+        sqrt_correction2 = math.sqrt(1.0 - b2**self.t)
+        for name, param, grad in entries:
+            xp = array_namespace(param)
+            if name not in self.m:
+                self.m[name] = xp.zeros_like(param)
+                self.v[name] = xp.zeros_like(param)
+            m, v = self.m[name], self.v[name]
+            m *= b1
+            m += (1.0 - b1) * grad
+            v *= b2
+            v += (1.0 - b2) * (grad * grad)
+            # sqrt(v / c2) + eps == (sqrt(v) + eps * sqrt(c2)) / sqrt(c2): saves one full-size temporary
+            param -= (lr * sqrt_correction2 / correction1) * m / (xp.sqrt(v) + self.eps * sqrt_correction2)
+
+    def state_dict(self) -> dict[str, Array]:
+        state = {f"m.{k}": a for k, a in self.m.items()}
+        state.update({f"v.{k}": a for k, a in self.v.items()})
+        return state
+
+    def __repr__(self) -> str:
+        return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}

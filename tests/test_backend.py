@@ -1,0 +1,66 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from fastnn.backend import BackendUnavailable, available_backends, get_backend
+
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+def test_round_trip_and_dtype(backend):
+    host = np.arange(6, dtype=np.int32).reshape(2, 3)
+    on_device = backend.asarray(host, "float32")
+    assert on_device.dtype == backend.dtype("float32")
+    back = backend.to_numpy(on_device)
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    np.testing.assert_array_equal(back, host)
+
+
+def test_rng_is_seeded_and_on_the_device(backend):
+    a, b = backend.rng(7), backend.rng(7)
+    for draw in (lambda r: r.normal((3, 4), 2.0), lambda r: r.uniform((5,)), lambda r: r.permutation(10)):
+        x, y = draw(a), draw(b)
+        assert type(x) is type(backend.asarray([0.0]))
+        np.testing.assert_array_equal(backend.to_numpy(x), backend.to_numpy(y))
+    assert sorted(backend.to_numpy(backend.rng(1).permutation(10)).tolist()) == list(range(10))
+    u = backend.to_numpy(backend.rng(2).uniform((10000,)))
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+    ints = backend.to_numpy(backend.rng(3).integers(4, (1000,)))
+    assert set(ints.tolist()) == {0, 1, 2, 3}
+
+
+def test_strict_device_refuses_implicit_host_conversion():
+    strict = get_backend("strict")
+    with pytest.raises(RuntimeError):
+        np.asarray(strict.asarray([1.0, 2.0]))
+    with pytest.raises(ValueError, match="different devices"):
+        strict.asarray([1.0]) + strict.xp.asarray([1.0])
+
+
+def test_cpu_names():
+    assert get_backend("cpu").name == "numpy" and get_backend("numpy").name == "numpy"
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_gpu_without_cupy_is_a_clear_error():
+    with pytest.raises(BackendUnavailable, match=r"fastnn\[gpu\].*--device cpu"):
+        get_backend("gpu")
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_auto_falls_back_to_the_cpu_and_says_why():
+    backend = get_backend("auto")
+    assert backend.name == "numpy"
+    assert "running on the CPU" in backend.note
+
+
+def test_unknown_name():
+    with pytest.raises(BackendUnavailable, match="unknown device 'tpu'"):
+        get_backend("tpu")
+
+
+def test_available_backends_lists_all_three():
+    status = available_backends()
+    assert set(status) == {"numpy", "cupy", "strict"}
+    assert status["numpy"].startswith("ok")

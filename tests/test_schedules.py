@@ -1,0 +1,40 @@
+import math
+
+import pytest
+
+from fastnn.schedules import Constant, Cosine, Exponential, Step, Warmup, make_schedule
+
+
+def test_exponential_matches_the_assignment_formula():
+    schedule = Exponential(0.01, 0.1)
+    assert schedule(0) == pytest.approx(0.01, rel=1e-15)
+    assert schedule(1) == pytest.approx(0.01 * math.exp(-0.1), rel=1e-15)
+    assert schedule(10) == pytest.approx(0.01 * math.exp(-1.0), rel=1e-15)
+
+
+def test_constant_step_cosine():
+    assert Constant(0.5)(7) == 0.5
+    assert [Step(1.0, 2, 0.5)(t) for t in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cosine = Cosine(1.0, 10, min_lr=0.1)
+    assert cosine(0) == pytest.approx(1.0)
+    assert cosine(5) == pytest.approx(0.55)
+    assert cosine(10) == pytest.approx(0.1) and cosine(12) == pytest.approx(0.1)
+
+
+def test_warmup_ramps_then_hands_over():
+    schedule = Warmup(Exponential(0.3, 0.5), epochs=2)
+    assert [schedule(t) for t in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert schedule(3) == pytest.approx(0.3 * math.exp(-0.5))
+
+
+def test_make_schedule_by_name():
+    assert make_schedule("exp", 0.1, decay=0.2)(1) == pytest.approx(0.1 * math.exp(-0.2))
+    assert make_schedule("none", 0.1)(9) == 0.1
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        make_schedule("linear", 0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: Constant(0.0), lambda: Exponential(0.1, -1), lambda: Step(0.1, 0)])
+def test_bad_values_are_rejected(make):
+    with pytest.raises(ValueError):
+        make()
