@@ -1,0 +1,283 @@
+"""Training: the data goes to the device once, and each epoch runs there.
+
+Per epoch the training set is shuffled on the device and sliced into batches there; the loss and
+the number of correct predictions are summed on the device and read back once, at the end of the
+epoch, together with the validation metrics. Nothing in the batch loop waits for the device.
+
+``TrainConfig`` holds every setting of a run (the CLI and the TOML config file fill it);
+``Trainer`` runs it; ``train_epoch`` is the batch loop alone (the benchmark times it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from fastnn.layers import ACTIVATIONS
+from fastnn.network import Network
+from fastnn.optimizers import SGD, Adam
+from fastnn.schedules import Schedule, make_schedule
+
+Array = Any
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``validate()`` names the first bad value."""
+
+    hidden: tuple[int, ...] = (1024, 512)
+    activation: str = "relu"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    l2: float = 0.0
+    schedule: str = "exp"
+    decay: float = 0.05
+    step_size: int = 10
+    gamma: float = 0.1
+    warmup: int = 0
+    epochs: int = 30
+    batch_size: int = 256
+    dropout: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    validation: int = 5000
+    subset: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        problems = [
+            (any(h < 1 for h in self.hidden), f"hidden sizes must be positive integers, got {list(self.hidden)}"),
+            (self.activation not in ACTIVATIONS, f"unknown activation {self.activation!r}"),
+            (self.optimizer not in ("adam", "sgd"), f"unknown optimizer {self.optimizer!r}; choose adam or sgd"),
+            (not self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (not 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.l2 < 0, f"l2 must be >= 0, got {self.l2}"),
+            (self.schedule not in ("none", "exp", "step", "cosine"), f"unknown schedule {self.schedule!r}"),
+            (self.decay < 0, f"decay must be >= 0, got {self.decay}"),
+            (self.epochs < 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (not 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.validation < 0, f"validation size must be >= 0, got {self.validation}"),
+            (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
+            (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        values = dict(values)
+        if "hidden" in values:
+            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        return cls(**values)
+
+    def make_network(self, backend: Any, n_inputs: int, n_classes: int) -> Network:
+        return Network(
+            [n_inputs, *self.hidden, n_classes],
+            self.activation,
+            backend=backend,
+            dropout=self.dropout,
+            l2=self.l2,
+            seed=self.seed,
+            dtype=self.dtype,
+        )
+
+    def make_optimizer(self) -> SGD | Adam:
+        if self.optimizer == "adam":
+            return Adam()
+        return SGD(momentum=self.momentum, nesterov=self.nesterov and self.momentum > 0)
+
+    def make_schedule(self) -> Schedule:
+        return make_schedule(
+            self.schedule,
+            self.lr,
+            decay=self.decay,
+            epochs=self.epochs,
+            step_size=self.step_size,
+            gamma=self.gamma,
+            warmup=self.warmup,
+        )
+
+
+def augment_images(x: Array, rng: Any, pad: int = 4) -> Array:
+    """Random horizontal flips and random crops (zero padding of ``pad``) of CIFAR rows, on the device.
+
+    ``x`` is (batch, 3072): three 32x32 planes per row. Zero padding is the mean colour, since the
+    inputs are standardised per channel.
+    """
+    xp = array_namespace(x)
+    batch = x.shape[0]
+    images = xp.reshape(x, (batch, 3, 32, 32))
+    flip = rng.uniform((batch,), dtype="float32") < 0.5
+    images = xp.where(flip[:, None, None, None], xp.flip(images, axis=3), images)
+    if pad:
+        size = 32 + 2 * pad
+        padded = xp.zeros((batch, 3, size, size), dtype=x.dtype, device=device(x))
+        padded[:, :, pad : pad + 32, pad : pad + 32] = images
+        offsets = xp.arange(32, device=device(x))
+        rows = rng.integers(2 * pad + 1, (batch,))[:, None] + offsets[None, :]
+        cols = rng.integers(2 * pad + 1, (batch,))[:, None] + offsets[None, :]
+        rows = xp.broadcast_to(rows[:, None, :, None], (batch, 3, 32, size))
+        images = xp.take_along_axis(padded, rows, axis=2)
+        cols = xp.broadcast_to(cols[:, None, None, :], (batch, 3, 32, 32))
+        images = xp.take_along_axis(images, cols, axis=3)
+    return xp.reshape(images, (batch, 3072))
+
+
+def train_epoch(
+    network: Network,
+    optimizer: Any,
+    x: Array,
+    y: Array,
+    *,
+    batch_size: int,
+    lr: float,
+    rng: Any,
+    augment: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Array, Array]:
+    """One pass over ``(x, y)`` in a random order; returns (sum of batch losses x batch sizes,
+    number correct), both still on the device. ``on_batch(done)`` is called after each batch
+    with the number of examples done so far (host-side bookkeeping only)."""
+    xp = array_namespace(x)
+    n = x.shape[0]
+    order = rng.permutation(n)
+    loss_sum = xp.zeros((), dtype=x.dtype, device=device(x))
+    correct = xp.zeros((), dtype=xp.int64, device=device(x))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)  # slices ending past the array are not portable
+        index = order[start:stop]
+        xb = xp.take(x, index, axis=0)
+        if augment:
+            xb = augment_images(xb, rng)
+        loss, n_correct = network.train_step(xb, xp.take(y, index, axis=0), optimizer, lr)
+        loss_sum = loss_sum + loss * (stop - start)
+        correct = correct + n_correct
+        if on_batch is not None:
+            on_batch(stop)
+    return loss_sum, correct
+
+
+def evaluate(network: Network, x: Array, y: Array, batch_size: int = 2000) -> tuple[float, float]:
+    """(mean loss without the L2 term, accuracy) over ``(x, y)``, in evaluation mode, in batches."""
+    from fastnn.losses import SoftmaxCrossEntropy
+
+    xp = array_namespace(x)
+    n = x.shape[0]
+    if n == 0:
+        return float("nan"), float("nan")
+    loss_sum = xp.zeros((), dtype=x.dtype, device=device(x))
+    correct = xp.zeros((), dtype=xp.int64, device=device(x))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yb = y[start:stop]
+        logits = network.logits(x[start:stop])
+        loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)
+        correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+    return float(loss_sum) / n, int(correct) / n
+
+
+def predict(network: Network, x: Array, batch_size: int = 2000) -> Array:
+    """Predicted classes for all of ``x``, in batches (device array)."""
+    xp = array_namespace(x)
+    parts = [network.predict(x[s : min(s + batch_size, x.shape[0])]) for s in range(0, x.shape[0], batch_size)]
+    return xp.concat(parts) if parts else xp.zeros((0,), dtype=xp.int64, device=device(x))
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged; the message suggests what to change."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Trainer:
+    """Runs a :class:`TrainConfig` on a backend over host data already split and standardised.
+
+    ``on_epoch(record)`` is called after each epoch (the CLI prints, checkpoints and logs there);
+    ``on_batch(done, total)`` after each batch.
+    """
+
+    config: TrainConfig
+    backend: Any
+    on_epoch: Callable[[EpochRecord, Network], None] | None = None
+    on_batch: Callable[[int, int], None] | None = None
+    on_epoch_start: Callable[[int, float], None] | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def fit(self, x_train, y_train, x_val, y_val, network: Network | None = None, n_classes: int = 10) -> Network:
+        """Train on host arrays (float32 (n, features), int64 (n,)); returns the trained network.
+
+        Raises :class:`NonFiniteLoss` when the training loss becomes NaN or infinite; the network
+        then still holds the weights of the last finished epoch only if ``on_epoch`` saved them.
+        """
+        cfg, b = self.config, self.backend
+        cfg.validate()
+        net = network or cfg.make_network(b, x_train.shape[1], n_classes)
+        x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
+        xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")
+        net.check_labels(y, values=True)
+        optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
+        n = x.shape[0]
+        for epoch in range(cfg.epochs):
+            lr = schedule(epoch)
+            if self.on_epoch_start:
+                self.on_epoch_start(epoch, lr)
+            b.synchronize()
+            started = time.perf_counter()
+            loss_sum, correct = train_epoch(
+                net,
+                optimizer,
+                x,
+                y,
+                batch_size=cfg.batch_size,
+                lr=lr,
+                rng=rng,
+                augment=cfg.augment,
+                on_batch=(lambda done: self.on_batch(done, n)) if self.on_batch else None,
+            )
+            train_loss, train_acc = float(loss_sum) / n, int(correct) / n
+            b.synchronize()
+            seconds = time.perf_counter() - started
+            if not math.isfinite(train_loss):
+                raise NonFiniteLoss(
+                    f"the training loss became {train_loss} in epoch {epoch + 1} with learning rate {lr:.3g}; "
+                    f"try a smaller learning rate (e.g. --lr {cfg.lr / 10:.3g})"
+                )
+            val_loss, val_acc = evaluate(net, xv, yv)
+            record = EpochRecord(epoch + 1, lr, train_loss, train_acc, val_loss, val_acc, seconds)
+            self.history.append(record)
+            if self.on_epoch:
+                self.on_epoch(record, net)
+        return net
