@@ -3,6 +3,7 @@
 import click
 
 from fastnn import __version__
+from fastnn_cli.backprop import backprop
 from fastnn_cli.info import info
 
 
@@ -13,3 +14,4 @@ def cli() -> None:
 
 
 cli.add_command(info)
+cli.add_command(backprop)

@@ -1,0 +1,111 @@
+"""``fastnn backprop``: the trace of one backpropagation step through a small sigmoid network (task 1)."""
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from fastnn.backprop import (
+    ProblemError,
+    dump_problem,
+    example_problem,
+    load_problem,
+    parse_weight,
+    problem_from_text,
+    render_latex,
+    render_markdown,
+    render_text,
+    trace,
+)
+
+
+class BadInput(click.ClickException):
+    """A one-line ``Error: ...`` and exit code 2, like click's own usage errors, without a traceback."""
+
+    exit_code = 2
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise BadInput(f"cannot write --out {out}: {err.strerror or err}") from None
+
+
+@click.command("backprop", short_help="One backpropagation step, every number written out (task 1).")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--example", is_flag=True, help="Print an example problem file (JSON) for the assignment and exit.")
+@click.option("--hidden", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Neurons in the hidden layer of --example.")
+@click.option("--weight", "weight_spec", default="1,1,1", show_default=True, metavar="L,J,K",
+              help='The weight whose chain rule is written out: "l,j,k" or "w^l_{j,k}", 1-based.')
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "latex"]), default="text",
+              show_default=True, help="text: tables on the terminal; markdown or latex: for a report.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+@click.option("--digits", type=click.IntRange(1, 17), default=6, show_default=True,
+              help="Significant digits of every number shown.")
+def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fmt: str, out: Path | None,
+             digits: int) -> None:
+    """Trace one step of backpropagation through a small fully-connected sigmoid network.
+
+    Prints every forward value (z and activation of each neuron), the loss L = 1/2 sum_i (y_i - t_i)^2,
+    every delta, the gradient of every weight and bias, the updated parameters w - lr * dL/dw, and
+    the chain rule for one weight (--weight) with the numbers substituted.
+
+    FILE is a .json or .toml file ("-" reads JSON from standard input). Keys starting with "_" are
+    comments. The schema, for a 3-2-2 network:
+
+    \b
+      {"x": [0.5, 0.5, 0.1], "target": [0.9, 0.1], "learning_rate": 0.1,
+       "layers": [{"weights": [[w111, w112, w113], [w121, w122, w123]], "biases": [b11, b12]},
+                  {"weights": [[w211, w212], [w221, w222]], "biases": [b21, b22]}]}
+
+    In TOML the same keys, each layer a [[layers]] table.
+
+    Index convention: w^l_{j,k} joins neuron k of layer l-1 to neuron j of layer l; layer 0 is the
+    input x; neurons count from 1. So layers[l-1].weights has one row per neuron of layer l and one
+    column per neuron of layer l-1, and weights[j-1][k-1] is w^l_{j,k} (w112 above is w^1_{1,2}).
+    If your figure numbers the weights the other way round (from j to k), swap j and k.
+
+    \b
+    Examples:
+      fastnn backprop --example > net.json    # then put the figure's weights in
+      fastnn backprop net.json
+      fastnn backprop net.json --weight 2,1,2
+      fastnn backprop net.json --format markdown --out trace.md
+    """
+    if example:
+        _write(dump_problem(example_problem(hidden)), out)
+        return
+    if file is None:
+        raise BadInput("give a problem FILE (.json or .toml), or --example to print one")
+    try:
+        if str(file) == "-":
+            problem = problem_from_text(sys.stdin.read(), "json", "standard input")
+        else:
+            problem = load_problem(file)
+    except ProblemError as err:
+        raise BadInput(str(err)) from None
+    try:
+        weight = parse_weight(weight_spec, problem)
+    except ProblemError as err:
+        raise BadInput(f"--weight: {err}") from None
+
+    result = trace(problem)
+    if fmt == "markdown":
+        _write(render_markdown(result, weight, digits), out)
+    elif fmt == "latex":
+        _write(render_latex(result, weight, digits), out)
+    elif out is None:
+        render_text(result, weight, Console(), digits)
+    else:
+        try:
+            with out.open("w", encoding="utf-8") as handle:
+                render_text(result, weight, Console(file=handle, width=120), digits)
+        except OSError as err:
+            raise BadInput(f"cannot write --out {out}: {err.strerror or err}") from None
