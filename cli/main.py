@@ -4,7 +4,9 @@ import click
 
 from fastnn import __version__
 from fastnn_cli.backprop import backprop
+from fastnn_cli.evaluate import evaluate_command
 from fastnn_cli.info import info
+from fastnn_cli.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,4 +16,6 @@ def cli() -> None:
 
 
 cli.add_command(info)
+cli.add_command(train)
+cli.add_command(evaluate_command, name="evaluate")
 cli.add_command(backprop)

@@ -1,0 +1,70 @@
+"""``fastnn evaluate``: reload a checkpoint on any device and measure it on the CIFAR-10 test set."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+from rich import box
+from rich.table import Column, Table
+
+from fastnn.checkpoint import CheckpointError, load
+from fastnn.train import TrainConfig, evaluate, predict
+from fastnn_cli.common import console, load_split, resolve_backend
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="FASTNN_DATA_DIR",
+    help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
+)
+def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
+    """Test accuracy, per-class accuracy and the confusion matrix of a saved MODEL (model.npz)."""
+    backend = resolve_backend(device)
+    try:
+        network, meta = load(model, backend)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
+    config = TrainConfig.from_dict(meta["config"])
+    split = load_split(data_dir, config.validation, config.split_seed, config.subset)
+    saved = meta["normalization"]
+    if not (np.allclose(split.mean, saved["mean"]) and np.allclose(split.std, saved["std"])):
+        raise click.ClickException(
+            f"{model}: the data's channel statistics differ from those the model was trained with; "
+            "point --data-dir at the CIFAR-10 copy used for training"
+        )
+    x_test = backend.asarray(split.x_test, config.dtype)
+    y_test = backend.asarray(split.y_test, "int64")
+    loss, accuracy = evaluate(network, x_test, y_test)
+    predicted = backend.to_numpy(predict(network, x_test))
+    counts = confusion_matrix(split.y_test, predicted, network.n_classes)
+    names = meta.get("class_names") or [str(i) for i in range(network.n_classes)]
+
+    columns = [Column(n[:5], justify="right", min_width=5, no_wrap=True) for n in names]
+    table = Table(
+        Column("true", min_width=5, no_wrap=True),
+        *columns,
+        Column("acc", justify="right"),
+        title="confusion matrix of the test set (rows: true class)",
+        box=box.SIMPLE,
+        padding=(0, 0),
+        pad_edge=False,
+    )
+    for i, name in enumerate(names):
+        row_accuracy = counts[i, i] / max(counts[i].sum(), 1)
+        table.add_row(name[:5], *[str(c) for c in counts[i]], f"{row_accuracy:.0%}")
+    console.print(table)
+    trained = (meta.get("results") or {}).get("test_accuracy")
+    note = "" if trained is None else f" (train reported {trained:.2%})"
+    console.print(f"test accuracy [bold]{accuracy:.2%}[/bold]{note}, test loss {loss:.4f}, on {backend.describe()}")

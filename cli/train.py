@@ -1,0 +1,236 @@
+"""``fastnn train``: train a network on CIFAR-10 and write its checkpoint and metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from fastnn.train import NonFiniteLoss, TrainConfig, run_training
+from fastnn_cli.common import TrainingDisplay, console, load_split, resolve_backend
+
+DEFAULTS = TrainConfig()
+
+
+class SizeList(click.ParamType):
+    """Comma-separated positive integers, e.g. ``1024,512``."""
+
+    name = "SIZES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        try:
+            sizes = tuple(int(part) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of layer sizes (e.g. 1024,512)", param, ctx)
+        if any(s < 1 for s in sizes):
+            self.fail(f"layer sizes must be positive, got {value!r}", param, ctx)
+        return sizes
+
+
+def load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Read a TOML file of option values into the defaults, so that command-line options win."""
+    if not path:
+        return path
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", ctx=ctx, param=param) from exc
+    values = values.get("train", values)
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(k for k in (key.replace("-", "_") for key in values) if k not in known)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown setting(s) {', '.join(unknown)}", ctx=ctx, param=param)
+    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in values.items()}}
+    return path
+
+
+def training_options(command):
+    """The options that make a :class:`TrainConfig` (shared with ``fastnn experiments``)."""
+    options = [
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "gpu"]),
+            default=DEFAULTS.device,
+            show_default=True,
+            help="Where to train; auto uses a GPU when CuPy finds one.",
+        ),
+        click.option(
+            "--hidden",
+            type=SizeList(),
+            default=",".join(map(str, DEFAULTS.hidden)),
+            show_default=True,
+            help="Hidden layer sizes, comma-separated.",
+        ),
+        click.option(
+            "--activation",
+            type=click.Choice(["relu", "leaky_relu", "tanh", "sigmoid"]),
+            default=DEFAULTS.activation,
+            show_default=True,
+        ),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=DEFAULTS.optimizer, show_default=True),
+        click.option(
+            "--lr",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULTS.lr,
+            show_default=True,
+            help="Initial learning rate.",
+        ),
+        click.option(
+            "--momentum",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=DEFAULTS.momentum,
+            show_default=True,
+            help="SGD momentum (0 for plain SGD).",
+        ),
+        click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True),
+        click.option(
+            "--l2",
+            type=click.FloatRange(min=0),
+            default=DEFAULTS.l2,
+            show_default=True,
+            help="L2 strength lambda: adds lambda/2 * ||W||^2 to the loss.",
+        ),
+        click.option(
+            "--schedule",
+            type=click.Choice(["none", "exp", "step", "cosine"]),
+            default=DEFAULTS.schedule,
+            show_default=True,
+            help="Learning-rate schedule; exp is eta * exp(-k t), t = epoch.",
+        ),
+        click.option(
+            "--decay",
+            type=click.FloatRange(min=0),
+            default=DEFAULTS.decay,
+            show_default=True,
+            help="k of the exponential schedule.",
+        ),
+        click.option(
+            "--step-size",
+            type=click.IntRange(min=1),
+            default=DEFAULTS.step_size,
+            show_default=True,
+            help="Epochs between drops of the step schedule.",
+        ),
+        click.option(
+            "--gamma",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=DEFAULTS.gamma,
+            show_default=True,
+            help="Factor of each drop of the step schedule.",
+        ),
+        click.option(
+            "--warmup",
+            type=click.IntRange(min=0),
+            default=DEFAULTS.warmup,
+            show_default=True,
+            help="Epochs of linear learning-rate warm-up.",
+        ),
+        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
+        click.option(
+            "--dropout",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=DEFAULTS.dropout,
+            show_default=True,
+            help="Dropout probability after each hidden layer.",
+        ),
+        click.option(
+            "--augment/--no-augment",
+            default=DEFAULTS.augment,
+            show_default=True,
+            help="Random flips and crops of the training images, on the device.",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=DEFAULTS.seed,
+            show_default=True,
+            help="Seed of initialisation, shuffling and dropout.",
+        ),
+        click.option(
+            "--validation",
+            type=click.IntRange(min=0),
+            default=DEFAULTS.validation,
+            show_default=True,
+            help="Training images held out for validation.",
+        ),
+        click.option(
+            "--subset",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Train on only the first N training images (quick runs).",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            envvar="FASTNN_DATA_DIR",
+            help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
+        ),
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False),
+            callback=load_config_file,
+            is_eager=True,
+            expose_value=False,
+            help="TOML file of these options; command-line options win.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def config_from_options(options: dict) -> TrainConfig:
+    names = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in options.items() if k in names})
+
+
+@click.command()
+@training_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for model.npz and metrics.jsonl [default: runs/<date-time>].",
+)
+def train(out_dir: str | None, data_dir: str | None, **options) -> None:
+    """Train a fully-connected network on CIFAR-10; print the test accuracy at the end."""
+    config = config_from_options(options)
+    backend = resolve_backend(config.device)
+    out = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    split = load_split(data_dir, config.validation, config.split_seed, config.subset)
+    hidden = "-".join(map(str, config.hidden))
+    console.print(
+        f"training 3072-{hidden}-10 ({config.activation}) on {backend.describe()}: "
+        f"{config.optimizer} lr {config.lr:g}, "
+        f"schedule {config.schedule}, l2 {config.l2:g}, dropout {config.dropout:g}, batch {config.batch_size}, "
+        f"{config.epochs} epochs, {len(split.y_train)} train / {len(split.y_val)} val images"
+    )
+    with TrainingDisplay(config.epochs) as display:
+        try:
+            result = run_training(
+                config,
+                split,
+                backend,
+                str(out),
+                on_epoch=display.epoch_end,
+                on_batch=display.batch,
+                on_epoch_start=display.epoch_start,
+            )
+        except NonFiniteLoss as exc:
+            raise click.ClickException(f"{exc}. The last good epoch is saved in {out / 'model.npz'}") from exc
+    console.print(
+        f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
+        f"after {len(result.history)} epochs in {result.seconds:.0f}s; wrote {out / 'model.npz'} and "
+        f"{out / 'metrics.jsonl'}"
+    )

@@ -1,0 +1,92 @@
+"""Checkpoints and run logs, written whole or not at all.
+
+A checkpoint is one ``.npz``: every parameter as ``param/<name>`` plus ``meta``, a JSON string with
+the architecture, the whole training config, the history and any extra results. Files are written to
+a temporary name in the same folder and renamed, so an interruption never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastnn.network import Network
+
+FORMAT = "fastnn-checkpoint-1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read; the message names the file and the fix."""
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> None:
+    """Save ``network``'s parameters (brought to the host) and ``meta`` (JSON-able) to ``path``."""
+    arrays = {f"param/{name}": network.backend.to_numpy(value) for name, value in network.parameters()}
+    meta = {"format": FORMAT, "architecture": network.architecture(), **meta}
+    arrays["meta"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
+def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]]:
+    """Rebuild the network saved at ``path`` on ``backend``; returns (network, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass the model.npz that `fastnn train --out DIR` wrote")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            params = {key.removeprefix("param/"): archive[key] for key in archive.files if key.startswith("param/")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}); train again to write a new one"
+        ) from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}; expected {FORMAT}")
+    arch = meta["architecture"]
+    network = Network(
+        arch["sizes"],
+        arch["activation"],
+        backend=backend,
+        init=arch["init"],
+        dropout=arch["dropout"],
+        l2=arch["l2"],
+        dtype=meta.get("config", {}).get("dtype", "float32"),
+    )
+    try:
+        network.load_state_dict(params)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: parameters do not match the saved architecture ({exc})") from exc
+    return network, meta
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines, atomically (the whole log is rewritten each time)."""
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows).encode())

@@ -1,0 +1,48 @@
+import os
+
+import numpy as np
+import pytest
+
+from fastnn.checkpoint import CheckpointError, load, save, write_atomic
+from fastnn.network import Network
+
+
+def test_round_trip_on_every_backend(backend, tmp_path):
+    net = Network([6, 5, 3], "tanh", backend=backend, dropout=0.1, l2=0.01, seed=4)
+    save(tmp_path / "m.npz", net, {"config": {"dtype": "float32"}, "note": "hello"})
+    loaded, meta = load(tmp_path / "m.npz", backend)
+    assert meta["note"] == "hello" and meta["architecture"]["activation"] == "tanh"
+    assert loaded.architecture() == net.architecture()
+    for (name, p), (other, q) in zip(net.parameters(), loaded.parameters()):
+        assert name == other
+        np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q))
+    assert oct(os.stat(tmp_path / "m.npz").st_mode & 0o777) != "0o600"
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    from fastnn.backend import get_backend
+
+    cpu = get_backend("cpu")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load(tmp_path / "missing.npz", cpu)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="not a readable fastnn checkpoint") as info:
+        load(tmp_path / "junk.npz", cpu)
+    assert "\n" not in str(info.value)
+    np.savez(tmp_path / "other.npz", meta=np.array('{"format": "something-else"}'))
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        load(tmp_path / "other.npz", cpu)
+
+
+def test_interrupted_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    target = tmp_path / "model.npz"
+    write_atomic(target, b"old")
+
+    def fail(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -1,0 +1,41 @@
+"""End to end on the real CIFAR-10 (FASTNN_DATA_DIR, set by .ci/run): train briefly, then evaluate.
+
+A short budget (3 epochs of the default network) must already reach 45% test accuracy, and
+``fastnn evaluate`` on the checkpoint must reproduce the accuracy ``fastnn train`` printed.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastnn_cli.main import cli
+
+DATA = os.environ.get("FASTNN_DATA_DIR")
+pytestmark = [
+    pytest.mark.data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not DATA or not (Path(DATA) / "cifar-10-python.tar.gz").exists(),
+        reason="set FASTNN_DATA_DIR to a folder with cifar-10-python.tar.gz",
+    ),
+]
+
+
+def _accuracy(output: str) -> float:
+    return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))
+
+
+def test_short_training_reaches_45_percent_and_evaluate_reproduces_it(tmp_path):
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["train", "--device", "cpu", "--epochs", "3", "--out", str(tmp_path)])
+    assert trained.exit_code == 0, trained.output
+    accuracy = _accuracy(trained.output)
+    assert accuracy >= 45.0
+    assert (tmp_path / "model.npz").is_file() and (tmp_path / "metrics.jsonl").is_file()
+    evaluated = runner.invoke(cli, ["evaluate", str(tmp_path / "model.npz"), "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert _accuracy(evaluated.output) == accuracy
+    assert "confusion matrix" in evaluated.output

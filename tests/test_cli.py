@@ -1,0 +1,98 @@
+"""The command line: bad values are usage errors (exit code 2) with a clear message."""
+
+import importlib.util
+
+import pytest
+from click.testing import CliRunner
+
+from fastnn_cli.main import cli
+
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, **kwargs)
+
+
+def test_info_lists_backends():
+    result = run("info")
+    assert result.exit_code == 0
+    for name in ("numpy", "cupy", "strict"):
+        assert name in result.output
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_info_says_why_the_gpu_backend_is_unavailable():
+    assert "unavailable: CuPy is not importable" in " ".join(run("info").output.split())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-1"], "Invalid value for '--lr'"),
+        (["--hidden", "abc"], "'abc' is not a comma-separated list of layer sizes"),
+        (["--hidden", "512,0"], "layer sizes must be positive"),
+        (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["--device", "tpu"], "Invalid value for '--device'"),
+        (["--dropout", "1"], "Invalid value for '--dropout'"),
+        (["--schedule", "linear"], "Invalid value for '--schedule'"),
+    ],
+)
+def test_bad_training_options_exit_2(args, message):
+    result = run("train", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_gpu_without_gpu_exits_2_with_the_fix():
+    result = run("train", "--device", "gpu")
+    assert result.exit_code == 2
+    assert 'pip install "fastnn[gpu]"' in " ".join(result.output.split())
+
+
+def test_config_file_gives_defaults_and_options_win(tmp_path, monkeypatch):
+    import fastnn_cli.train as train_module
+
+    seen = {}
+
+    def fake_load_split(data_dir, validation, split_seed, subset):
+        seen.update(validation=validation)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "load_split", fake_load_split)
+    monkeypatch.setattr(train_module, "config_from_options", lambda o: seen.update(o) or train_module.TrainConfig(
+        **{k: v for k, v in o.items() if k in train_module.TrainConfig.__dataclass_fields__}
+    ))
+    config = tmp_path / "run.toml"
+    config.write_text('lr = 0.05\nhidden = "64,32"\nbatch-size = 128\nvalidation = 100\n')
+    result = run("train", "--config", str(config), "--lr", "0.002", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert seen["lr"] == 0.002 and seen["hidden"] == (64, 32) and seen["batch_size"] == 128
+    assert seen["validation"] == 100
+
+
+def test_config_file_with_unknown_key_exits_2(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("learning_rate = 0.1\n")
+    result = run("train", "--config", str(config))
+    assert result.exit_code == 2
+    assert "unknown setting(s) learning_rate" in result.output
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
+    import fastnn.data.cifar10 as cifar10
+
+    def no_network(*args, **kwargs):
+        raise cifar10.DataError("no network")
+
+    monkeypatch.setattr(cifar10, "download_cifar10", no_network)
+    result = run("train", "--device", "cpu", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+
+
+def test_evaluate_missing_checkpoint(tmp_path):
+    result = run("evaluate", str(tmp_path / "nope.npz"), "--device", "cpu")
+    assert result.exit_code == 1
+    assert "no such checkpoint" in result.output

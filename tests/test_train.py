@@ -1,0 +1,125 @@
+"""The training loop: a full short run on every backend, determinism, divergence, augmentation."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fastnn.checkpoint import load
+from fastnn.train import NonFiniteLoss, TrainConfig, augment_images, evaluate, run_training
+
+
+def _split(n_train=600, n_val=150, n_test=150, features=20, seed=0):
+    """Three separable classes in ``features`` dimensions, shaped like fastnn.data.prepare's result."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(3, features))
+
+    def part(n):
+        y = rng.integers(0, 3, size=n)
+        return (centres[y] + rng.normal(size=(n, features))).astype(np.float32), y.astype(np.int64)
+
+    (xt, yt), (xv, yv), (xs, ys) = part(n_train), part(n_val), part(n_test)
+    return SimpleNamespace(
+        x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=xs, y_test=ys,
+        mean=np.zeros(3), std=np.ones(3), class_names=("a", "b", "c"),
+    )
+
+
+def _config(**changes):
+    base = dict(hidden=(16,), epochs=4, batch_size=64, lr=0.01, schedule="exp", decay=0.1, validation=150)
+    return TrainConfig(**{**base, **changes})
+
+
+def test_full_short_run_on_every_backend(backend, tmp_path):
+    split = _split()
+    epochs_seen = []
+    result = run_training(_config(), split, backend, str(tmp_path), on_epoch=lambda r, n: epochs_seen.append(r.epoch))
+    assert epochs_seen == [1, 2, 3, 4]
+    assert result.test_accuracy >= 0.95
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[1]["lr"] == pytest.approx(0.01 * np.exp(-0.1))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    network, meta = load(tmp_path / "model.npz", backend)
+    assert meta["results"]["test_accuracy"] == result.test_accuracy
+    assert meta["config"]["hidden"] == [16]
+    reloaded = evaluate(network, backend.asarray(split.x_test, "float32"), backend.asarray(split.y_test, "int64"))
+    assert reloaded[1] == result.test_accuracy
+
+
+def test_same_seed_same_numbers_bit_for_bit(backend):
+    split = _split()
+    a = run_training(_config(dropout=0.2), split, backend)
+    b = run_training(_config(dropout=0.2), split, backend)
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    for (_, p), (_, q) in zip(a.network.parameters(), b.network.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q))
+    c = run_training(_config(dropout=0.2, seed=1), split, backend)
+    assert [r.train_loss for r in a.history] != [r.train_loss for r in c.history]
+
+
+def test_sgd_and_schedules_train_too(backend):
+    result = run_training(_config(optimizer="sgd", lr=0.05, schedule="cosine", l2=1e-3), _split(), backend)
+    assert result.test_accuracy >= 0.9
+
+
+def test_divergence_stops_with_advice(tmp_path):
+    from fastnn.backend import get_backend
+
+    with pytest.raises(NonFiniteLoss, match="try a smaller learning rate"), np.errstate(all="ignore"):
+        run_training(_config(optimizer="sgd", lr=1e6, epochs=3), _split(), get_backend("cpu"), str(tmp_path))
+    assert not (tmp_path / "model.npz").exists()  # no epoch finished well, so nothing was saved
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    from fastnn.backend import get_backend
+
+    backend = get_backend("cpu")
+
+    def break_after_epoch_two(record, network):
+        if record.epoch == 2:  # saved already; poison the weights so that epoch 3 diverges
+            network.layers[0].params["W"][0, 0] = np.inf
+
+    with pytest.raises(NonFiniteLoss, match="epoch 3"), np.errstate(all="ignore"):
+        run_training(_config(epochs=4), _split(), backend, str(tmp_path), on_epoch=break_after_epoch_two)
+    network, meta = load(tmp_path / "model.npz", backend)
+    assert [row["epoch"] for row in meta["history"]] == [1, 2]
+    assert all(np.all(np.isfinite(backend.to_numpy(p))) for _, p in network.parameters())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        _config(batch_size=0).validate()
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        _config(optimizer="rmsprop").validate()
+    with pytest.raises(ValueError, match="unknown setting"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    assert TrainConfig.from_dict(_config().to_dict()) == _config()
+
+
+def _reference_augment(image, flip, dy, dx):
+    """One (3, 32, 32) image flipped and shifted the slow, obvious way."""
+    if flip:
+        image = image[:, :, ::-1]
+    padded = np.zeros((3, 40, 40), image.dtype)
+    padded[:, 4:36, 4:36] = image
+    return padded[:, 4 + dy : 36 + dy, 4 + dx : 36 + dx]
+
+
+def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend):
+    x = np.random.default_rng(0).normal(size=(6, 3072)).astype(np.float32) + 5  # no zeros in the input
+    out = backend.to_numpy(augment_images(backend.asarray(x, "float32"), backend.rng(3)))
+    kinds = set()
+    for original, augmented in zip(x.reshape(6, 3, 32, 32), out.reshape(6, 3, 32, 32)):
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            if np.array_equal(_reference_augment(original, flip, dy, dx), augmented)
+        ]
+        assert matches, "augmented image is not a flipped/shifted copy of its input"
+        kinds.add(matches[0])
+    assert len(kinds) > 1  # the draws differ between images
