@@ -5,6 +5,7 @@ import click
 from fastnn import __version__
 from fastnn_cli.backprop import backprop
 from fastnn_cli.evaluate import evaluate_command
+from fastnn_cli.experiments import experiments
 from fastnn_cli.info import info
 from fastnn_cli.train import train
 
@@ -19,3 +20,4 @@ cli.add_command(info)
 cli.add_command(train)
 cli.add_command(evaluate_command, name="evaluate")
 cli.add_command(backprop)
+cli.add_command(experiments)
