@@ -9,10 +9,9 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
+from _util import synthetic_split
 from click.testing import CliRunner
 
 import fastnn.experiments as experiments
@@ -34,20 +33,8 @@ from fastnn_cli.main import cli
 BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150)
 
 
-def _split(n_train=300, n_val=150, n_test=150, features=20, seed=0):
-    """Three separable classes, shaped like fastnn.data.prepare's result (as in test_train)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=2.0, size=(3, features))
-
-    def part(n):
-        y = rng.integers(0, 3, size=n)
-        return (centres[y] + rng.normal(size=(n, features))).astype(np.float32), y.astype(np.int64)
-
-    (xt, yt), (xv, yv), (xs, ys) = part(n_train), part(n_val), part(n_test)
-    return SimpleNamespace(
-        x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=xs, y_test=ys,
-        mean=np.zeros(3), std=np.ones(3), class_names=("a", "b", "c"),
-    )
+def _split(**kwargs):
+    return synthetic_split(**{"n_train": 300, **kwargs})
 
 
 class FakeTraining:
