@@ -11,11 +11,15 @@ honest timing. Everything else in fastnn is written once against ``backend.xp``.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+from array_api_compat import is_cupy_namespace, is_numpy_namespace
 
 log = logging.getLogger("fastnn")
 
@@ -135,9 +139,7 @@ def _strict_backend() -> Backend:
     try:
         import array_api_strict
     except ImportError as exc:
-        raise BackendUnavailable(
-            'the strict backend needs array-api-strict: pip install "fastnn[test]"'
-        ) from exc
+        raise BackendUnavailable('the strict backend needs array-api-strict: pip install "fastnn[test]"') from exc
     return Backend("strict", array_api_strict, array_api_strict.Device("device1"))
 
 
@@ -179,3 +181,145 @@ def available_backends() -> dict[str, str]:
         except BackendUnavailable as exc:
             status[key] = f"unavailable: {exc}"
     return status
+
+
+# -- fast paths ------------------------------------------------------------------------------------
+# The math core writes each formula once against the array API standard, which has no ``out=`` and
+# no fused kernels, so each operation of a formula makes a full-size temporary array. Where a
+# namespace can do the same formula in place, that version lives here, looked up by namespace;
+# ``None`` means "use the portable formula" (array-api-strict, and any other namespace).
+
+AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
+
+
+def fused_adam_step(xp: Any) -> AdamStep | None:
+    """An in-place Adam update for arrays of namespace ``xp``, or None where there is none.
+
+    The callable is ``step(param, grad, m, v, beta1, beta2, step_size, eps_hat)`` and does in place::
+
+        m     <- beta1 * m + (1 - beta1) * grad
+        v     <- beta2 * v + (1 - beta2) * grad**2
+        param <- param - step_size * m / (sqrt(v) + eps_hat)
+
+    with the bias corrections folded into the two scalars by the caller:
+    ``step_size = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_hat = eps * sqrt(1 - beta2**t)``.
+    Each call returns a new callable with its own scratch space: use one per parameter.
+    """
+    if is_numpy_namespace(xp):
+        return _numpy_adam_step()
+    if is_cupy_namespace(xp):
+        return _cupy_adam_step()
+    return None
+
+
+ADAM_BLOCK = 1 << 16
+"""Elements the NumPy Adam updates at a time (whole rows, at least one): small enough that the
+block's slices of param, grad, m, v and the scratch stay in the CPU cache across the twelve
+operations, large enough that the Python overhead of an operation (about a microsecond) is small
+beside its work. The blocks are shared out among :func:`cpu_threads` threads."""
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (containers, taskset)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_cpu_threads = int(os.environ.get("FASTNN_NUM_THREADS", "0")) or _usable_cores()
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Threads for fastnn's own element-wise CPU work (the NumPy Adam), like BLAS's own setting.
+
+    The default is ``$FASTNN_NUM_THREADS``, else every core this process may use.
+    """
+    global _cpu_threads, _pool
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads != _cpu_threads and _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _cpu_threads = threads
+
+
+def cpu_threads() -> int:
+    return _cpu_threads
+
+
+def _numpy_adam_step() -> AdamStep:
+    buffers: dict[tuple, list[np.ndarray]] = {}  # per dtype and block size: one scratch block per thread
+
+    def update(param, grad, m, v, blocks, scratch, beta1, beta2, step_size, eps_hat):
+        for block in blocks:
+            p, g, mb, vb = param[block], grad[block], m[block], v[block]
+            t = scratch[: p.size].reshape(p.shape)
+            np.multiply(mb, beta1, out=mb)  # m <- beta1 m + (1 - beta1) g
+            np.multiply(g, 1.0 - beta1, out=t)
+            np.add(mb, t, out=mb)
+            np.multiply(vb, beta2, out=vb)  # v <- beta2 v + (1 - beta2) g^2
+            np.multiply(g, g, out=t)
+            np.multiply(t, 1.0 - beta2, out=t)
+            np.add(vb, t, out=vb)
+            np.sqrt(vb, out=t)  # p <- p - step_size m / (sqrt(v) + eps_hat)
+            np.add(t, eps_hat, out=t)
+            np.divide(mb, t, out=t)
+            np.multiply(t, step_size, out=t)
+            np.subtract(p, t, out=p)
+
+    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
+        global _pool
+        if param.ndim == 0:  # a view with one axis, so that the blocks below can slice it
+            param, grad, m, v = param[None], grad[None], m[None], v[None]
+        n_rows = param.shape[0]
+        if n_rows == 0:
+            return
+        row_size = param.size // n_rows
+        rows = max(1, ADAM_BLOCK // max(1, row_size))
+        blocks = [slice(start, start + rows) for start in range(0, n_rows, rows)]
+        workers = min(_cpu_threads, len(blocks))
+        key = (param.dtype, min(rows, n_rows) * row_size)
+        scratch = buffers.setdefault(key, [])
+        while len(scratch) < workers:
+            scratch.append(np.empty(key[1], dtype=param.dtype))
+        scalars = (beta1, beta2, step_size, eps_hat)
+        if workers == 1:
+            update(param, grad, m, v, blocks, scratch[0], *scalars)
+            return
+        # NumPy lets go of the GIL inside each operation, so the threads run at once
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_cpu_threads, thread_name_prefix="fastnn-adam")
+        done = [
+            _pool.submit(update, param, grad, m, v, blocks[i::workers], scratch[i], *scalars) for i in range(workers)
+        ]
+        for future in done:
+            future.result()
+
+    return step
+
+
+_cupy_adam_kernel = None
+
+
+def _cupy_adam_step() -> AdamStep:
+    """One CUDA kernel per parameter: reads param, grad, m, v once and writes param, m, v once."""
+    global _cupy_adam_kernel
+    import cupy
+
+    if _cupy_adam_kernel is None:
+        _cupy_adam_kernel = cupy.ElementwiseKernel(
+            "T grad, T beta1, T beta2, T step_size, T eps_hat",
+            "T param, T m, T v",
+            """
+            m = beta1 * m + (1 - beta1) * grad;
+            v = beta2 * v + (1 - beta2) * grad * grad;
+            param -= step_size * m / (sqrt(v) + eps_hat);
+            """,
+            "fastnn_adam",
+        )
+
+    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
+        scalar = param.dtype.type  # typed scalars, so that T is the parameter's dtype
+        _cupy_adam_kernel(grad, scalar(beta1), scalar(beta2), scalar(step_size), scalar(eps_hat), param, m, v)
+
+    return step

@@ -50,6 +50,8 @@ class Dense(Layer):
     Backward: ``dW = x.T @ dy``, ``db = sum_batch dy``, ``dx = dy @ W.T``.
     ``init`` is "he" (std sqrt(2/n_in), for ReLU) or "xavier" (std sqrt(2/(n_in+n_out)), for
     sigmoid and tanh); ``rng`` is a :class:`fastnn.backend.DeviceRNG`, so weights are born on the device.
+    With ``input_grad`` False, ``backward`` skips ``dx`` and returns None: a network's first layer
+    sees only data, whose gradient nobody uses, and ``dx`` is a third of that layer's backward work.
     """
 
     def __init__(self, n_in: int, n_out: int, rng: Any, init: str = "he", dtype: str = "float32"):
@@ -62,30 +64,38 @@ class Dense(Layer):
         weight = rng.normal((n_in, n_out), INITIALISERS[init](n_in, n_out), dtype)
         xp = array_namespace(weight)
         self.params = {"W": weight, "b": xp.zeros((n_out,), dtype=weight.dtype, device=device(weight))}
+        self.input_grad = True
         self._x: Array = None
 
     def forward(self, x: Array, training: bool = False) -> Array:
         self._x = x
-        return x @ self.params["W"] + self.params["b"]
+        y = x @ self.params["W"]
+        y += self.params["b"]  # in place: one (batch, n_out) array fewer
+        return y
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array) -> Array | None:
         xp = array_namespace(grad_out)
         self.grads = {"W": self._x.T @ grad_out, "b": xp.sum(grad_out, axis=0)}
-        return grad_out @ self.params["W"].T
+        return grad_out @ self.params["W"].T if self.input_grad else None
 
     def __repr__(self) -> str:
         return f"Dense({self.n_in}, {self.n_out}, init={self.init!r})"
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``; ``dx = dy * [x > 0]``."""
+    """``y = max(x, 0)``; ``dx = dy * [x > 0]``.
+
+    The mask is multiplied in as 0.0 and 1.0 rather than chosen with ``where``: on the CPU a
+    ``where`` over a random mask mispredicts a branch per element and is about ten times slower.
+    """
 
     def forward(self, x: Array, training: bool = False) -> Array:
         self._y = array_namespace(x).maximum(x, 0.0)
         return self._y
 
     def backward(self, grad_out: Array) -> Array:
-        return array_namespace(grad_out).where(self._y > 0, grad_out, 0.0)
+        xp = array_namespace(grad_out)
+        return grad_out * xp.astype(self._y > 0, grad_out.dtype)
 
 
 class LeakyReLU(Layer):
@@ -96,11 +106,13 @@ class LeakyReLU(Layer):
         self.slope = slope
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        self._positive = x > 0
-        return array_namespace(x).where(self._positive, x, self.slope * x)
+        # the local slope, 1 or ``slope``, as a float array: multiplying by it is faster than ``where`` (see ReLU)
+        positive = array_namespace(x).astype(x > 0, x.dtype)
+        self._slope = self.slope + (1.0 - self.slope) * positive
+        return x * self._slope
 
     def backward(self, grad_out: Array) -> Array:
-        return array_namespace(grad_out).where(self._positive, grad_out, self.slope * grad_out)
+        return grad_out * self._slope
 
     def __repr__(self) -> str:
         return f"LeakyReLU(slope={self.slope})"

@@ -60,6 +60,8 @@ class Network:
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         if not dense:
             raise ValueError("a network needs at least one Dense layer")
+        if isinstance(self.layers[0], Dense):
+            self.layers[0].input_grad = False  # its input is data: dL/dx would never be used
         self.sizes = [dense[0].n_in] + [layer.n_out for layer in dense]
         self.init = dense[0].init
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from fastnn.backend import fused_adam_step
+
 Array = Any
 Entries = Iterable[tuple[str, Array, Array]]
 
@@ -58,9 +60,13 @@ class Adam:
 
     ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``t <- t + 1``,
     ``p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+
+    With ``fused`` (the default) NumPy and CuPy run the same update in place, without full-size
+    temporaries (:func:`fastnn.backend.fused_adam_step`); other namespaces, and ``fused=False``,
+    run it as written in :meth:`step`.
     """
 
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, fused: bool = True):
         for label, beta in (("beta1", beta1), ("beta2", beta2)):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"{label} must be in [0, 1), got {beta}")
@@ -70,24 +76,32 @@ class Adam:
         self.t = 0
         self.m: dict[str, Array] = {}
         self.v: dict[str, Array] = {}
+        self.fused = fused
+        self._fused_steps: dict[str, Any] = {}
 
     def step(self, entries: Entries, lr: float) -> None:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         correction1 = 1.0 - b1**self.t
         sqrt_correction2 = math.sqrt(1.0 - b2**self.t)
+        # sqrt(v / c2) + eps == (sqrt(v) + eps * sqrt(c2)) / sqrt(c2): the corrections become two scalars
+        step_size, eps_hat = lr * sqrt_correction2 / correction1, self.eps * sqrt_correction2
         for name, param, grad in entries:
             xp = array_namespace(param)
             if name not in self.m:
                 self.m[name] = xp.zeros_like(param)
                 self.v[name] = xp.zeros_like(param)
+                self._fused_steps[name] = fused_adam_step(xp) if self.fused else None
             m, v = self.m[name], self.v[name]
+            fused = self._fused_steps[name]
+            if fused is not None:
+                fused(param, grad, m, v, b1, b2, step_size, eps_hat)
+                continue
             m *= b1
             m += (1.0 - b1) * grad
             v *= b2
             v += (1.0 - b2) * (grad * grad)
-            # sqrt(v / c2) + eps == (sqrt(v) + eps * sqrt(c2)) / sqrt(c2): saves one full-size temporary
-            param -= (lr * sqrt_correction2 / correction1) * m / (xp.sqrt(v) + self.eps * sqrt_correction2)
+            param -= step_size * m / (xp.sqrt(v) + eps_hat)
 
     def state_dict(self) -> dict[str, Array]:
         state = {f"m.{k}": a for k, a in self.m.items()}

@@ -109,3 +109,17 @@ def test_dropout_scales_kept_units_and_backward_uses_the_same_mask(backend):
 def test_dropout_rejects_bad_probability(backend):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0, backend.rng(0))
+
+
+def test_dense_without_input_gradient_fills_the_same_parameter_gradients(backend):
+    """A first layer skips dL/dx (its input is data) and computes the same dW and db."""
+    x = backend.asarray(_input((6, 5)), "float64")
+    g = backend.asarray(np.random.default_rng(2).normal(size=(6, 3)), "float64")
+    full, first = Dense(5, 3, backend.rng(0), dtype="float64"), Dense(5, 3, backend.rng(0), dtype="float64")
+    first.input_grad = False
+    full.forward(x)
+    first.forward(x)
+    assert full.backward(g) is not None
+    assert first.backward(g) is None
+    for key in ("W", "b"):
+        np.testing.assert_array_equal(backend.to_numpy(first.grads[key]), backend.to_numpy(full.grads[key]))

@@ -65,3 +65,57 @@ def test_adam_tracks_parameters_by_name(backend):
 def test_bad_hyperparameters_are_rejected(make):
     with pytest.raises(ValueError):
         make()
+
+
+def _adam_trajectory(backend, fused, shapes, steps=4, seed=0, dtype="float32"):
+    """Params after ``steps`` Adam steps from the same random start and gradients, on ``backend``."""
+    rng = np.random.default_rng(seed)
+    params = {f"p{i}": backend.asarray(rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
+    optimizer = Adam(fused=fused)
+    for t in range(steps):
+        grads = {name: backend.asarray(rng.normal(scale=10.0**-t, size=p.shape), dtype) for name, p in params.items()}
+        optimizer.step([(name, p, grads[name]) for name, p in params.items()], lr=0.01)
+    return {name: backend.to_numpy(p) for name, p in params.items()}, optimizer
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-6), ("float64", 1e-13)])
+def test_fused_adam_matches_the_formula(backend, dtype, rtol):
+    """The backend's in-place Adam (NumPy blocks, a CuPy kernel) against the generic formula."""
+    shapes = [(300, 70), (70,), (5, 3)]
+    fused, optimizer = _adam_trajectory(backend, True, shapes, dtype=dtype)
+    plain, _ = _adam_trajectory(backend, False, shapes, dtype=dtype)
+    expected_kind = {"numpy": True, "cupy": True, "strict": False}[backend.name]
+    assert all((step is not None) == expected_kind for step in optimizer._fused_steps.values())
+    for name in plain:
+        np.testing.assert_allclose(fused[name], plain[name], rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_numpy_adam_blocks_cover_every_element(monkeypatch, threads):
+    """Blocks smaller than a row, ragged last blocks, a 0-d and a strided parameter, on one thread and
+    on several: every element updated once, as the formula says."""
+    import fastnn.backend as backend_module
+    from fastnn.backend import cpu_threads, get_backend, set_cpu_threads
+
+    monkeypatch.setattr(backend_module, "ADAM_BLOCK", 50)
+    previous = cpu_threads()
+    set_cpu_threads(threads)
+    try:
+        _check_numpy_adam_blocks(get_backend("numpy"))
+    finally:
+        set_cpu_threads(previous)
+
+
+def _check_numpy_adam_blocks(backend):
+    shapes = [(37, 11), (123,), (), (9, 200)]
+    fused, _ = _adam_trajectory(backend, True, shapes, dtype="float64")
+    plain, _ = _adam_trajectory(backend, False, shapes, dtype="float64")
+    for name in plain:
+        np.testing.assert_allclose(fused[name], plain[name], rtol=1e-13)
+
+    base = np.ones((6, 8))
+    strided = base[:, ::2].T  # a non-contiguous view: the update must land in ``base``
+    optimizer = Adam()
+    optimizer.step([("w", strided, np.full(strided.shape, 0.5))], lr=0.1)
+    np.testing.assert_allclose(base[:, ::2], 0.9)
+    np.testing.assert_allclose(base[:, 1::2], 1.0)

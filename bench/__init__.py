@@ -1,0 +1,12 @@
+"""The backend benchmark: fastnn on every backend present, with PyTorch as the peer.
+
+``python -m bench`` trains the same network (default 3072-1024-512-10, ReLU, softmax cross-entropy,
+Adam with lr 1e-3, float32) from the same initial weights on synthetic data that lives on the device,
+with fastnn on NumPy and on CuPy and with a plain PyTorch implementation on the CPU and on CUDA, and
+reports milliseconds per epoch of 50,000 images, images per second, achieved GFLOP/s and the ratio to
+PyTorch on the same device, as a table and as JSON (``--out``).
+
+What it is not: a benchmark of accuracy (the labels are random) or of data loading (there is none).
+PyTorch is optional (``pip install "fastnn[bench]"``); without it the peer rows are missing and the
+output says so.
+"""

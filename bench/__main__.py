@@ -1,0 +1,178 @@
+"""``python -m bench``: time fastnn on every backend present against PyTorch; see ``bench/__init__.py``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Workload, measure, synthetic_data
+from bench.report import machine_info, markdown_table, print_report
+from bench.torch_peer import TorchRunner, cuda_status, torch, torch_status
+from fastnn.backend import cpu_threads, set_cpu_threads
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _adam_kinds(text: str) -> list[str]:
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [k for k in kinds if k not in ("default", "foreach", "fused")]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"choose from default, foreach, fused (got {text!r})")
+    return kinds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--hidden", type=_ints, default=[1024, 512], help="hidden widths, e.g. 1024,512")
+    p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="e.g. 256,1024")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs per run, after one warm-up epoch")
+    p.add_argument("--steps", type=int, default=None, help="time this many batches and scale to an epoch")
+    p.add_argument("--rows", type=int, default=EPOCH_IMAGES, help="rows of synthetic data")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=cpu_threads(),
+        help="CPU threads for NumPy's BLAS, fastnn's Adam and torch (default: $FASTNN_NUM_THREADS or all usable cores)",
+    )
+    p.add_argument("--only", default=None, help="comma list of runners, e.g. fastnn-numpy,torch-cpu")
+    p.add_argument(
+        "--torch-adam",
+        type=_adam_kinds,
+        default=["default"],
+        help="torch.optim.Adam implementation(s) of the peer, comma list of default, foreach, fused; "
+        "the first is the one ratios refer to, each further one adds a row (e.g. default,fused)",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 matrix products on the GPU, both frameworks (inputs rounded to 10 mantissa bits; off by default)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="write every number to this JSON file")
+    p.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown to this file")
+    p.add_argument("--quick", action="store_true", help="a few steps on little data: checks that all runs work")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.steps, args.rows = 1, 2, 2 * max(args.batch_sizes)
+    return args
+
+
+def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
+    """Every runner that can run here, the status of each (ok or why not), and the GPU's name."""
+    from bench.fastnn_run import FastnnRunner
+    from fastnn.backend import BackendUnavailable, get_backend
+
+    wanted = None if args.only is None else set(args.only.split(","))
+    status: dict[str, str] = {}
+    runners = []
+    gpu_name = None
+
+    def want(label: str) -> bool:
+        if wanted is not None and label not in wanted:
+            status[label] = "skipped: not in --only"
+            return False
+        return True
+
+    if want("fastnn-numpy"):
+        runners.append(FastnnRunner(get_backend("cpu"), x, y, sizes, 1e-3, 0))
+        status["fastnn-numpy"] = "ok"
+    if want("torch-cpu"):
+        status["torch-cpu"] = torch_status()
+        if torch is not None:
+            runners += [TorchRunner("cpu", x, y, sizes, 1e-3, kind, i == 0) for i, kind in enumerate(args.torch_adam)]
+    if want("fastnn-cupy"):
+        try:
+            backend = get_backend("gpu")
+            runners.append(FastnnRunner(backend, x, y, sizes, 1e-3, 0))
+            status["fastnn-cupy"] = "ok: " + backend.describe()
+            gpu_name = backend.describe().removeprefix("cupy on ")
+        except BackendUnavailable as exc:
+            status["fastnn-cupy"] = f"unavailable: {exc}"
+    if want("torch-cuda"):
+        status["torch-cuda"] = cuda_status()
+        if status["torch-cuda"].startswith("ok"):
+            runners += [TorchRunner("cuda", x, y, sizes, 1e-3, kind, i == 0) for i, kind in enumerate(args.torch_adam)]
+            gpu_name = gpu_name or torch.cuda.get_device_name()
+    return runners, status, gpu_name
+
+
+def _blas_threads(threads: int, console: Console):
+    """Limit NumPy's BLAS (and any OpenMP pool) to ``threads`` for the whole run."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        console.print("threadpoolctl is missing (pip install threadpoolctl): BLAS threads not limited", style="yellow")
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    # The same matrix-product precision for both frameworks: CuPy reads CUPY_TF32 at its first float32
+    # product (so set it either way, against a value inherited from the shell); PyTorch has a switch.
+    os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
+    sizes = [3072, *args.hidden, 10]
+    workload = Workload(sizes, rows=args.rows)
+    with _blas_threads(args.threads, console):
+        x, y = synthetic_data(args.rows, sizes[0], sizes[-1])
+        runners, status, gpu_name = build_runners(args, x, y, sizes)
+        del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)
+        info = machine_info(args.threads, gpu_name)
+        results = []
+        with console.status("timing") as spinner:
+            for batch_size in args.batch_sizes:
+                results += measure(runners, workload, batch_size, args.epochs, args.steps, spinner.update)
+        info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    print_report(console, results, info, status)
+    if args.markdown:
+        args.markdown.write_text(markdown_table(results))
+    if args.out:
+        document = {
+            "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "settings": {
+                "sizes": sizes,
+                "activation": "relu",
+                "parameters": workload.parameters,
+                "optimizer": "adam",
+                "lr": workload.lr,
+                "dtype": "float32",
+                "batch_sizes": args.batch_sizes,
+                "epochs": args.epochs,
+                "steps": args.steps,
+                "rows": args.rows,
+                "epoch_images": EPOCH_IMAGES,
+                "threads": args.threads,
+                "torch_adam": args.torch_adam,
+                "tf32": args.tf32,
+                "quick": args.quick,
+            },
+            "machine": info,
+            "backends": status,
+            "runners": {r.label: r.describe() for r in runners},
+            "results": [r.to_dict() for r in results],
+            "notes": [
+                FLOP_NOTE,
+                "ratio_to_torch = median ms per epoch / that of the reference PyTorch run (the first --torch-adam) "
+                "on the same device",
+            ],
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

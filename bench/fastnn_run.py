@@ -1,0 +1,61 @@
+"""fastnn as the benchmark runs it: the product's own batch loop, ``fastnn.train.train_epoch``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from fastnn.backend import cpu_threads
+from fastnn.network import Network
+from fastnn.optimizers import Adam
+from fastnn.train import train_epoch
+
+
+class FastnnRunner:
+    """fastnn on one backend (``fastnn.backend.Backend``), the data put on its device once."""
+
+    framework = "fastnn"
+    reference = False
+
+    def __init__(self, backend: Any, x: np.ndarray, y: np.ndarray, sizes: list[int], lr: float, seed: int):
+        self.backend, self.sizes, self.lr, self.seed = backend, sizes, lr, seed
+        self.label = f"fastnn-{backend.name}"
+        self.device = "gpu" if backend.name == "cupy" else "cpu"
+        self.x = backend.asarray(x, "float32")
+        self.y = backend.asarray(y, "int64")
+        backend.synchronize()
+
+    def setup(self, batch_size: int, weights: dict[str, np.ndarray]) -> None:
+        self.batch_size = batch_size
+        self.network = Network(self.sizes, "relu", backend=self.backend, seed=self.seed)
+        self.network.load_state_dict(weights)
+        self.optimizer = Adam()
+        self.rng = self.backend.rng(self.seed + 1)
+
+    def epoch(self, rows: int) -> tuple[float, float]:
+        b = self.backend
+        x, y = self.x[:rows], self.y[:rows]
+        b.synchronize()
+        started = time.perf_counter()
+        loss_sum, _correct = train_epoch(
+            self.network, self.optimizer, x, y, batch_size=self.batch_size, lr=self.lr, rng=self.rng
+        )
+        mean_loss = float(loss_sum) / rows  # the one read-back of an epoch, as the Trainer does it
+        b.synchronize()
+        return time.perf_counter() - started, mean_loss
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "backend": self.backend.describe(),
+            "adam": "fused" if self.optimizer.fused else "formula",
+        }
+        if self.backend.name == "numpy":
+            info["elementwise_threads"] = cpu_threads()
+        if self.backend.name == "cupy":
+            pool = self.backend.xp.get_default_memory_pool()
+            info["memory_pool_bytes"] = {"used": pool.used_bytes(), "held": pool.total_bytes()}
+            info["tf32"] = os.environ.get("CUPY_TF32", "0") != "0"
+        return info

@@ -1,0 +1,112 @@
+"""What the benchmark prints and writes: the machine it ran on, a rich table, the JSON file."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Result
+from bench.torch_peer import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas() -> str:
+    try:
+        from fastnn_cli.info import blas_description
+    except ImportError:
+        return "unknown"
+    return blas_description()
+
+
+def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
+    """Where the numbers come from: CPU, cores, library versions, BLAS and threads, GPU, load."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": blas(),
+        "torch": None if torch is None else torch.__version__,
+        "gpu": gpu_name,
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch is not None:
+        config = torch.__config__.show().splitlines()
+        info["torch_threads"] = torch.get_num_threads()
+        mkl = next((line for line in config if "Math Kernel Library" in line), None)
+        info["torch_blas"] = "MKL " + mkl.split("Version")[1].split()[0] if mkl and "Version" in mkl else "see torch"
+    try:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+    except Exception:  # any import failure means "no CuPy" here
+        info["cupy"] = None
+    return info
+
+
+def table(results: list[Result], title: str) -> Table:
+    grid = Table(title=title, caption=FLOP_NOTE, caption_justify="left")
+    for name in ("backend", "batch", "ms/epoch (median)", "min–max", "images/s", "GFLOP/s", "× torch"):
+        grid.add_column(name, justify="left" if name == "backend" else "right")
+    order = {"torch": 1, "fastnn": 2}
+    for r in sorted(results, key=lambda r: (r.device, r.batch_size, 0 if r.reference else order[r.framework])):
+        ratio = "–" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.3f}"
+        grid.add_row(
+            escape(r.backend),
+            str(r.batch_size),
+            f"{r.median_ms:,.0f}",
+            f"{min(r.epoch_ms):,.0f}–{max(r.epoch_ms):,.0f}",
+            f"{r.images_per_s:,.0f}",
+            f"{r.gflops:,.1f}",
+            ratio,
+        )
+    return grid
+
+
+def print_report(console: Console, results: list[Result], info: dict[str, Any], status: dict[str, str]) -> None:
+    console.print(
+        f"CPU: {info['cpu']}, {info['cores_usable']} usable cores, {info['threads']} threads · "
+        f"numpy {info['numpy']} BLAS: {info['numpy_blas']}",
+        markup=False,
+    )
+    if info.get("torch"):
+        console.print(f"torch {info['torch']} ({info['torch_blas']}), {info['torch_threads']} threads", markup=False)
+    for name, state in status.items():
+        if not state.startswith("ok"):
+            console.print(f"{name}: {state}", style="yellow", markup=False)
+    console.print(table(results, f"ms per epoch of {EPOCH_IMAGES:,} images"))
+
+
+def markdown_table(results: list[Result]) -> str:
+    """The same table in Markdown, for ``bench/results/README.md``."""
+    lines = [
+        "| backend | batch | ms/epoch (median) | min–max | images/s | GFLOP/s | × torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    order = {"torch": 1, "fastnn": 2}
+    for r in sorted(results, key=lambda r: (r.device, r.batch_size, 0 if r.reference else order[r.framework])):
+        ratio = "–" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.3f}"
+        lines.append(
+            f"| {r.backend} | {r.batch_size} | {r.median_ms:,.0f} | {min(r.epoch_ms):,.0f}–{max(r.epoch_ms):,.0f} "
+            f"| {r.images_per_s:,.0f} | {r.gflops:,.1f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"

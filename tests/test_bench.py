@@ -1,0 +1,58 @@
+"""``python -m bench --quick`` runs every backend present and writes a complete JSON file."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+# the same module run with ``import torch`` made to fail, as on a machine without PyTorch
+WITHOUT_TORCH = "import runpy, sys; sys.modules['torch'] = None; runpy.run_module('bench', run_name='__main__')"
+
+
+@pytest.mark.parametrize("torch_hidden", [False, True], ids=["as-installed", "torch-hidden"])
+def test_quick_benchmark_writes_complete_json(tmp_path, torch_hidden):
+    out = tmp_path / "bench.json"
+    launch = [sys.executable, "-c", WITHOUT_TORCH] if torch_hidden else [sys.executable, "-m", "bench"]
+    done = subprocess.run(
+        [*launch, "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+
+    settings, machine, backends = report["settings"], report["machine"], report["backends"]
+    assert settings["parameters"] == 3072 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10
+    for key in ("cpu", "cores", "threads", "numpy", "numpy_blas", "torch", "gpu", "python"):
+        assert key in machine, key
+    assert set(backends) == {"fastnn-numpy", "fastnn-cupy", "torch-cpu", "torch-cuda"}
+
+    has_torch = HAS_TORCH and not torch_hidden
+    assert backends["torch-cpu"].startswith("ok") == has_torch
+    if not has_torch:
+        assert "not installed" in backends["torch-cpu"]
+        assert "not installed" in done.stdout
+
+    rows = report["results"]
+    ran = {label for label, state in backends.items() if state.startswith("ok")}
+    assert "fastnn-numpy" in ran
+    assert {r["backend"].split("[")[0] for r in rows} == ran
+    for label in ran:
+        assert sorted(r["batch_size"] for r in rows if r["backend"] == label) == sorted(settings["batch_sizes"])
+    for r in rows:
+        for key in ("median", "min", "max"):
+            assert r["epoch_ms"][key] > 0
+        assert r["epoch_ms"]["min"] <= r["epoch_ms"]["median"] <= r["epoch_ms"]["max"]
+        assert r["images_per_s"] > 0 and r["gflops"] > 0
+        assert math.isfinite(r["mean_loss"])
+        peer = any(p["reference"] and p["device"] == r["device"] for p in rows)
+        assert (r["ratio_to_torch"] is not None) == peer
+    assert any("6 x parameters" in note for note in report["notes"])
