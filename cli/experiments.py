@@ -154,6 +154,6 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
     try:
         result = run_experiments(base, settings, split, backend, out_dir, ConsoleReporter())
         paths = write_report(result, out_dir)
-    except (ExperimentError, ReportError) as exc:
+    except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

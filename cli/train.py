@@ -149,6 +149,13 @@ def training_options(command):
             help="Random flips and crops of the training images, on the device.",
         ),
         click.option(
+            "--shift",
+            type=click.IntRange(0, 16),
+            default=DEFAULTS.shift,
+            show_default=True,
+            help="Largest random shift in pixels, with --augment (the image is padded with the mean colour).",
+        ),
+        click.option(
             "--seed",
             type=int,
             default=DEFAULTS.seed,
@@ -229,6 +236,8 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
             )
         except NonFiniteLoss as exc:
             raise click.ClickException(f"{exc}. The last good epoch is saved in {out / 'model.npz'}") from exc
+        except ValueError as exc:  # settings that do not fit the data, e.g. augmentation of non-images
+            raise click.ClickException(str(exc)) from exc
     console.print(
         f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
         f"after {len(result.history)} epochs in {result.seconds:.0f}s; wrote {out / 'model.npz'} and "

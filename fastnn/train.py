@@ -43,10 +43,11 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     warmup: int = 0
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 256
     dropout: float = 0.0
-    augment: bool = False
+    augment: bool = True
+    shift: int = 2
     seed: int = 0
     validation: int = 5000
     split_seed: int = 0
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
             (not 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.validation < 0, f"validation size must be >= 0, got {self.validation}"),
+            (not 0 <= self.shift <= 16, f"shift must be in [0, 16] pixels, got {self.shift}"),
             (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
             (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
         ]
@@ -119,11 +121,11 @@ class TrainConfig:
         )
 
 
-def augment_images(x: Array, rng: Any, pad: int = 4) -> Array:
-    """Random horizontal flips and random crops (zero padding of ``pad``) of CIFAR rows, on the device.
+def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
+    """Random horizontal flips and random shifts of up to ``shift`` pixels of CIFAR rows, on the device.
 
     ``x`` is (batch, 3072): three 32x32 planes per row. Output pixel (r, c) of an image is input
-    pixel (r + dy, c' + dx) with c' = c or 31 - c (flipped), dy, dx uniform in [-pad, pad], and 0
+    pixel (r + dy, c' + dx) with c' = c or 31 - c (flipped), dy, dx uniform in [-shift, shift], and 0
     where that falls outside the image; 0 is the mean colour, as the inputs are standardised per
     channel. Both are done by one gather with computed indices, the cheapest form on every backend.
     """
@@ -132,8 +134,8 @@ def augment_images(x: Array, rng: Any, pad: int = 4) -> Array:
     pixel = xp.arange(32, device=dev)
     flip = rng.uniform((batch,), dtype="float32") < 0.5
     cols = xp.where(flip[:, None], 31 - pixel[None, :], pixel[None, :])  # (batch, 32)
-    cols = cols + (rng.integers(2 * pad + 1, (batch,)) - pad)[:, None]
-    rows = pixel[None, :] + (rng.integers(2 * pad + 1, (batch,)) - pad)[:, None]
+    cols = cols + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
+    rows = pixel[None, :] + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
     inside = ((rows >= 0) & (rows < 32))[:, :, None] & ((cols >= 0) & (cols < 32))[:, None, :]  # (batch, 32, 32)
     source = xp.clip(rows, 0, 31)[:, :, None] * 32 + xp.clip(cols, 0, 31)[:, None, :]
     offsets = xp.arange(batch, device=dev)[:, None, None, None] * 3072 + xp.arange(3, device=dev)[:, None, None] * 1024
@@ -152,6 +154,7 @@ def train_epoch(
     lr: float,
     rng: Any,
     augment: bool = False,
+    shift: int = 2,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[Array, Array]:
     """One pass over ``(x, y)`` in a random order; returns (sum of batch losses x batch sizes,
@@ -167,7 +170,7 @@ def train_epoch(
         index = order[start:stop]
         xb = xp.take(x, index, axis=0)
         if augment:
-            xb = augment_images(xb, rng)
+            xb = augment_images(xb, rng, shift)
         loss, n_correct = network.train_step(xb, xp.take(y, index, axis=0), optimizer, lr)
         loss_sum = loss_sum + loss * (stop - start)
         correct = correct + n_correct
@@ -243,6 +246,11 @@ class Trainer:
         """
         cfg, b = self.config, self.backend
         cfg.validate()
+        if cfg.augment and x_train.shape[1] != 3 * 32 * 32:
+            raise ValueError(
+                f"augmentation flips and shifts 32x32 colour images (3072 values), but the inputs have "
+                f"{x_train.shape[1]}; turn it off (--no-augment, augment=False)"
+            )
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
         x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
         xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")
@@ -264,6 +272,7 @@ class Trainer:
                 lr=lr,
                 rng=rng,
                 augment=cfg.augment,
+                shift=cfg.shift,
                 on_batch=(lambda done: self.on_batch(done, n)) if self.on_batch else None,
             )
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n

@@ -30,7 +30,7 @@ from fastnn.experiments import (
 from fastnn.train import EpochRecord, NonFiniteLoss, RunResult, TrainConfig
 from fastnn_cli.main import cli
 
-BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150)
+BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150, augment=False)
 
 
 def _split(**kwargs):
@@ -200,7 +200,7 @@ def test_command_trains_reports_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(command, "load_split", lambda data_dir, validation, split_seed, subset: _split())
     args = ["experiments", "--device", "cpu", "--hidden", "8", "--epochs", "2", "--batch-size", "64",
-            "--adam-lrs", "1e-3,1e-2", "--sgd-lrs", "0.01", "--out", str(tmp_path)]  # fmt: skip
+            "--no-augment", "--adam-lrs", "1e-3,1e-2", "--sgd-lrs", "0.01", "--out", str(tmp_path)]  # fmt: skip
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "learning-rate sweep: 3 runs to train" in first.output

@@ -15,7 +15,7 @@ from fastnn.backend import get_backend
 from fastnn.experiments import ExperimentSettings, run_experiments
 from fastnn.train import EpochRecord, RunResult, TrainConfig
 
-BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150)
+BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False)
 
 
 def _split(seed=0):

@@ -16,6 +16,7 @@ def _split(**kwargs):
 
 def _config(**changes):
     base = dict(hidden=(16,), epochs=4, batch_size=64, lr=0.01, schedule="exp", decay=0.1, validation=150)
+    base["augment"] = False  # the synthetic inputs are not images
     return TrainConfig(**{**base, **changes})
 
 
@@ -77,6 +78,13 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_augmentation_of_non_images_is_refused():
+    from fastnn.backend import get_backend
+
+    with pytest.raises(ValueError, match="--no-augment"):
+        run_training(_config(augment=True), _split(), get_backend("cpu"))
+
+
 def test_config_validation_names_the_problem():
     with pytest.raises(ValueError, match="batch size must be >= 1"):
         _config(batch_size=0).validate()
@@ -96,9 +104,10 @@ def _reference_augment(image, flip, dy, dx):
     return padded[:, 4 + dy : 36 + dy, 4 + dx : 36 + dx]
 
 
-def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend):
+@pytest.mark.parametrize("shift", [2, 4])
+def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend, shift):
     x = np.random.default_rng(0).normal(size=(6, 3072)).astype(np.float32) + 5  # no zeros in the input
-    out = backend.to_numpy(augment_images(backend.asarray(x, "float32"), backend.rng(3)))
+    out = backend.to_numpy(augment_images(backend.asarray(x, "float32"), backend.rng(3), shift))
     kinds = set()
     for original, augmented in zip(x.reshape(6, 3, 32, 32), out.reshape(6, 3, 32, 32)):
         matches = [
@@ -109,5 +118,6 @@ def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend):
             if np.array_equal(_reference_augment(original, flip, dy, dx), augmented)
         ]
         assert matches, "augmented image is not a flipped/shifted copy of its input"
+        assert all(abs(dy) <= shift and abs(dx) <= shift for _, dy, dx in matches)
         kinds.add(matches[0])
     assert len(kinds) > 1  # the draws differ between images
