@@ -12,13 +12,18 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Workload, measure, synthetic_data
-from bench.report import machine_info, markdown_table, print_report
+from bench.report import LoadMeter, machine_info, markdown_table, print_report
 from bench.torch_peer import TorchRunner, cuda_status, torch, torch_status
-from fastnn.backend import cpu_threads, set_cpu_threads
 
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _adam_kinds(text: str) -> list[str]:
@@ -39,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         type=int,
-        default=cpu_threads(),
-        help="CPU threads for NumPy's BLAS, fastnn's Adam and torch (default: $FASTNN_NUM_THREADS or all usable cores)",
+        default=_usable_cores(),
+        help="CPU threads for NumPy's BLAS and for torch (default: all cores this process may use)",
     )
     p.add_argument("--only", default=None, help="comma list of runners, e.g. fastnn-numpy,torch-cpu")
     p.add_argument(
@@ -122,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if torch is not None:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.set_num_threads(args.threads)
-    set_cpu_threads(args.threads)
     sizes = [3072, *args.hidden, 10]
     workload = Workload(sizes, rows=args.rows)
     with _blas_threads(args.threads, console):
@@ -130,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         runners, status, gpu_name = build_runners(args, x, y, sizes)
         del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)
         info = machine_info(args.threads, gpu_name)
+        load = LoadMeter()
         results = []
         with console.status("timing") as spinner:
             for batch_size in args.batch_sizes:
                 results += measure(runners, workload, batch_size, args.epochs, args.steps, spinner.update)
         info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        info["load_during_run"] = load.result()
     print_report(console, results, info, status)
     if args.markdown:
         args.markdown.write_text(markdown_table(results))

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from fastnn.backend import cpu_threads
 from fastnn.network import Network
 from fastnn.optimizers import Adam
 from fastnn.train import train_epoch
@@ -52,8 +51,6 @@ class FastnnRunner:
             "backend": self.backend.describe(),
             "adam": "fused" if self.optimizer.fused else "formula",
         }
-        if self.backend.name == "numpy":
-            info["elementwise_threads"] = cpu_threads()
         if self.backend.name == "cupy":
             pool = self.backend.xp.get_default_memory_pool()
             info["memory_pool_bytes"] = {"used": pool.used_bytes(), "held": pool.total_bytes()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,42 @@ def blas() -> str:
     except ImportError:
         return "unknown"
     return blas_description()
+
+
+class LoadMeter:
+    """How busy the machine was during the run, and how much of that was other processes.
+
+    Linux only (``/proc/stat``); elsewhere :meth:`result` gives None. ``other_cores`` is the average
+    number of cores that processes other than this one kept busy: 0 on a quiet machine.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + fields[4]  # idle and iowait
+        own = os.times()
+        return sum(fields) / ticks, idle / ticks, own.user + own.system, time.monotonic()
+
+    def result(self) -> dict[str, float] | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        total, idle, own, wall = (b - a for a, b in zip(self.start, end))
+        busy = total - idle
+        return {
+            "seconds": wall,
+            "busy_cores": busy / wall,
+            "this_process_cores": own / wall,
+            "other_cores": max(0.0, busy - own) / wall,
+        }
 
 
 def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
@@ -93,6 +130,13 @@ def print_report(console: Console, results: list[Result], info: dict[str, Any], 
     for name, state in status.items():
         if not state.startswith("ok"):
             console.print(f"{name}: {state}", style="yellow", markup=False)
+    load = info.get("load_during_run")
+    if load:
+        console.print(
+            f"machine load during the run: {load['busy_cores']:.2f} cores busy, "
+            f"{load['other_cores']:.2f} of them by other processes",
+            markup=False,
+        )
     console.print(table(results, f"ms per epoch of {EPOCH_IMAGES:,} images"))
 
 

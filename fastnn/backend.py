@@ -11,9 +11,7 @@ honest timing. Everything else in fastnn is written once against ``backend.xp``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -216,44 +214,26 @@ ADAM_BLOCK = 1 << 16
 """Elements the NumPy Adam updates at a time (whole rows, at least one): small enough that the
 block's slices of param, grad, m, v and the scratch stay in the CPU cache across the twelve
 operations, large enough that the Python overhead of an operation (about a microsecond) is small
-beside its work. The blocks are shared out among :func:`cpu_threads` threads."""
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (containers, taskset)
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-_cpu_threads = int(os.environ.get("FASTNN_NUM_THREADS", "0")) or _usable_cores()
-_pool: ThreadPoolExecutor | None = None
-
-
-def set_cpu_threads(threads: int) -> None:
-    """Threads for fastnn's own element-wise CPU work (the NumPy Adam), like BLAS's own setting.
-
-    The default is ``$FASTNN_NUM_THREADS``, else every core this process may use.
-    """
-    global _cpu_threads, _pool
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    if threads != _cpu_threads and _pool is not None:
-        _pool.shutdown()
-        _pool = None
-    _cpu_threads = threads
-
-
-def cpu_threads() -> int:
-    return _cpu_threads
+beside its work. (Sharing the blocks among threads gained nothing on two cores: the step is bound
+by memory, and BLAS's idle threads hold the other core.)"""
 
 
 def _numpy_adam_step() -> AdamStep:
-    buffers: dict[tuple, list[np.ndarray]] = {}  # per dtype and block size: one scratch block per thread
+    scratch: dict[tuple, np.ndarray] = {}  # one block-sized buffer per dtype and block size
 
-    def update(param, grad, m, v, blocks, scratch, beta1, beta2, step_size, eps_hat):
-        for block in blocks:
+    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
+        if param.ndim == 0:  # a view with one axis, so that the blocks below can slice it
+            param, grad, m, v = param[None], grad[None], m[None], v[None]
+        n_rows = param.shape[0]
+        row_size = param.size // max(1, n_rows)
+        rows = max(1, ADAM_BLOCK // max(1, row_size))
+        key = (param.dtype, min(rows, n_rows) * row_size)
+        if key not in scratch:
+            scratch[key] = np.empty(key[1], dtype=param.dtype)
+        for start in range(0, n_rows, rows):
+            block = slice(start, start + rows)
             p, g, mb, vb = param[block], grad[block], m[block], v[block]
-            t = scratch[: p.size].reshape(p.shape)
+            t = scratch[key][: p.size].reshape(p.shape)
             np.multiply(mb, beta1, out=mb)  # m <- beta1 m + (1 - beta1) g
             np.multiply(g, 1.0 - beta1, out=t)
             np.add(mb, t, out=mb)
@@ -266,34 +246,6 @@ def _numpy_adam_step() -> AdamStep:
             np.divide(mb, t, out=t)
             np.multiply(t, step_size, out=t)
             np.subtract(p, t, out=p)
-
-    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
-        global _pool
-        if param.ndim == 0:  # a view with one axis, so that the blocks below can slice it
-            param, grad, m, v = param[None], grad[None], m[None], v[None]
-        n_rows = param.shape[0]
-        if n_rows == 0:
-            return
-        row_size = param.size // n_rows
-        rows = max(1, ADAM_BLOCK // max(1, row_size))
-        blocks = [slice(start, start + rows) for start in range(0, n_rows, rows)]
-        workers = min(_cpu_threads, len(blocks))
-        key = (param.dtype, min(rows, n_rows) * row_size)
-        scratch = buffers.setdefault(key, [])
-        while len(scratch) < workers:
-            scratch.append(np.empty(key[1], dtype=param.dtype))
-        scalars = (beta1, beta2, step_size, eps_hat)
-        if workers == 1:
-            update(param, grad, m, v, blocks, scratch[0], *scalars)
-            return
-        # NumPy lets go of the GIL inside each operation, so the threads run at once
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_cpu_threads, thread_name_prefix="fastnn-adam")
-        done = [
-            _pool.submit(update, param, grad, m, v, blocks[i::workers], scratch[i], *scalars) for i in range(workers)
-        ]
-        for future in done:
-            future.result()
 
     return step
 
