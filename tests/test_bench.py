@@ -56,3 +56,17 @@ def test_quick_benchmark_writes_complete_json(tmp_path, torch_hidden):
         peer = any(p["reference"] and p["device"] == r["device"] for p in rows)
         assert (r["ratio_to_torch"] is not None) == peer
     assert any("6 x parameters" in note for note in report["notes"])
+
+
+def test_ablation_runs():
+    """``python -m bench.ablation`` (each CPU speed-up undone in turn) still runs on today's code."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ablation", "--steps", "1", "--repeats", "1", "--batch-size", "64"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for stage in ("baseline", "+no-input-grad", "+fused-adam", "+relu-mask", "+bias-in-place"):
+        assert stage in done.stdout
