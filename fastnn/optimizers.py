@@ -91,6 +91,7 @@ class Adam:
             if name not in self.m:
                 self.m[name] = xp.zeros_like(param)
                 self.v[name] = xp.zeros_like(param)
+            if name not in self._fused_steps:  # the backend's kernel for this parameter, or None
                 self._fused_steps[name] = fused_adam_step(xp) if self.fused else None
             m, v = self.m[name], self.v[name]
             fused = self._fused_steps[name]
