@@ -241,8 +241,9 @@ class Trainer:
     def fit(self, x_train, y_train, x_val, y_val, network: Network | None = None, n_classes: int = 10) -> Network:
         """Train on host arrays (float32 (n, features), int64 (n,)); returns the trained network.
 
-        Raises :class:`NonFiniteLoss` when the training loss becomes NaN or infinite; the network
-        then still holds the weights of the last finished epoch only if ``on_epoch`` saved them.
+        Raises :class:`NonFiniteLoss` when an epoch's training loss is NaN or infinite. The network's
+        weights are then those of the failed epoch; ``on_epoch`` is where the good ones are saved
+        (``run_training`` checkpoints there).
         """
         cfg, b = self.config, self.backend
         cfg.validate()
