@@ -20,7 +20,8 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from fastnn.layers import ACTIVATIONS
-from fastnn.network import Network
+from fastnn.losses import SoftmaxCrossEntropy
+from fastnn.network import Network, count_correct
 from fastnn.optimizers import SGD, Adam
 from fastnn.schedules import Schedule, make_schedule
 
@@ -181,8 +182,6 @@ def train_epoch(
 
 def evaluate(network: Network, x: Array, y: Array, batch_size: int = 2000) -> tuple[float, float]:
     """(mean loss without the L2 term, accuracy) over ``(x, y)``, in evaluation mode, in batches."""
-    from fastnn.losses import SoftmaxCrossEntropy
-
     xp = array_namespace(x)
     n = x.shape[0]
     if n == 0:
@@ -194,7 +193,7 @@ def evaluate(network: Network, x: Array, y: Array, batch_size: int = 2000) -> tu
         yb = y[start:stop]
         logits = network.logits(x[start:stop, ...])
         loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)
-        correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+        correct = correct + count_correct(logits, yb)
     return float(loss_sum) / n, int(correct) / n
 
 
