@@ -95,7 +95,7 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     if want("fastnn-cupy"):
         try:
             backend = get_backend("gpu")
-            runners.append(FastnnRunner(backend, x, y, sizes, 1e-3, 0))
+            runners.append(FastnnRunner(backend, x, y, sizes, 1e-3, 0, tf32=args.tf32))
             status["fastnn-cupy"] = "ok: " + backend.describe()
             gpu_name = backend.describe().removeprefix("cupy on ")
         except BackendUnavailable as exc:
@@ -121,9 +121,8 @@ def _blas_threads(threads: int, console: Console):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    # The same matrix-product precision for both frameworks: CuPy reads CUPY_TF32 at its first float32
-    # product (so set it either way, against a value inherited from the shell); PyTorch has a switch.
-    os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"
+    # The same matrix-product precision for both frameworks: fastnn sets CuPy's through the product's
+    # own Backend.set_tf32 (FastnnRunner), PyTorch has a switch.
     if torch is not None:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.set_num_threads(args.threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -19,8 +18,11 @@ class FastnnRunner:
     framework = "fastnn"
     reference = False
 
-    def __init__(self, backend: Any, x: np.ndarray, y: np.ndarray, sizes: list[int], lr: float, seed: int):
+    def __init__(
+        self, backend: Any, x: np.ndarray, y: np.ndarray, sizes: list[int], lr: float, seed: int, tf32: bool = False
+    ):
         self.backend, self.sizes, self.lr, self.seed = backend, sizes, lr, seed
+        self.tf32 = backend.set_tf32(tf32) and tf32  # as `fastnn train --tf32` does; False off the GPU
         self.label = f"fastnn-{backend.name}"
         self.device = "gpu" if backend.name == "cupy" else "cpu"
         self.x = backend.asarray(x, "float32")
@@ -54,5 +56,5 @@ class FastnnRunner:
         if self.backend.name == "cupy":
             pool = self.backend.xp.get_default_memory_pool()
             info["memory_pool_bytes"] = {"used": pool.used_bytes(), "held": pool.total_bytes()}
-            info["tf32"] = os.environ.get("CUPY_TF32", "0") != "0"
+            info["tf32"] = self.tf32
         return info

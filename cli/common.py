@@ -27,6 +27,12 @@ def resolve_backend(name: str) -> Any:
     return backend
 
 
+def note_ignored_options(config: Any, backend: Any) -> None:
+    """Say so when a setting cannot act on this backend (it is still recorded in the checkpoint)."""
+    if config.tf32 and backend.name != "cupy":
+        err_console.print("[yellow]note:[/yellow] --tf32 acts only on NVIDIA GPUs; this run uses full float32")
+
+
 def load_split(data_dir: str | None, validation: int, split_seed: int, subset: int | None) -> Any:
     """Load and prepare CIFAR-10 (downloading it if needed); data problems end the command cleanly."""
     from fastnn.data import DataError, load_cifar10, prepare

@@ -8,7 +8,7 @@ from rich import box
 from rich.table import Column, Table
 
 from fastnn.checkpoint import CheckpointError, load
-from fastnn.train import TrainConfig, evaluate, predict
+from fastnn.train import TrainConfig, evaluate
 from fastnn_cli.common import console, load_split, resolve_backend
 
 
@@ -44,10 +44,11 @@ def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
             f"{model}: the data's channel statistics differ from those the model was trained with; "
             "point --data-dir at the CIFAR-10 copy used for training"
         )
+    backend.set_tf32(config.tf32)  # the precision the run was trained and tested in, so the numbers agree
     x_test = backend.asarray(split.x_test, config.dtype)
     y_test = backend.asarray(split.y_test, "int64")
-    loss, accuracy = evaluate(network, x_test, y_test)
-    predicted = backend.to_numpy(predict(network, x_test))
+    loss, accuracy, predicted = evaluate(network, x_test, y_test, return_predictions=True)
+    predicted = backend.to_numpy(predicted)
     counts = confusion_matrix(split.y_test, predicted, network.n_classes)
     names = meta.get("class_names") or [str(i) for i in range(network.n_classes)]
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from fastnn.experiments import ExperimentError, ExperimentSettings, Reporter, RunRecord, quick, run_experiments
 from fastnn.report import ReportError, require_matplotlib, write_report
-from fastnn_cli.common import TrainingDisplay, console, load_split, resolve_backend
+from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
 from fastnn_cli.train import config_from_options, training_options
 
 SETTINGS = ExperimentSettings()
@@ -145,6 +145,7 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
     except (ValueError, ReportError) as exc:
         raise click.UsageError(str(exc)) from exc
     backend = resolve_backend(base.device)
+    note_ignored_options(base, backend)
     split = load_split(data_dir, base.validation, base.split_seed, base.subset)
     warning = " [bold red](quick run: not for conclusions)[/bold red]" if settings.quick else ""
     console.print(

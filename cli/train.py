@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
-from fastnn_cli.common import TrainingDisplay, console, load_split, resolve_backend
+from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
 
 DEFAULTS = TrainConfig()
 
@@ -176,6 +176,14 @@ def training_options(command):
             help="Train on only the first N training images (quick runs).",
         ),
         click.option(
+            "--tf32/--no-tf32",
+            default=DEFAULTS.tf32,
+            show_default=True,
+            help="On NVIDIA GPUs (Ampere and newer), float32 matrix products on TensorFloat-32 tensor cores: "
+            "inputs rounded to 10 mantissa bits, faster, slightly less precise (see bench/results/README.md). "
+            "No effect on the CPU.",
+        ),
+        click.option(
             "--data-dir",
             type=click.Path(file_okay=False),
             default=None,
@@ -214,6 +222,7 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
     """Train a fully-connected network on CIFAR-10; print the test accuracy at the end."""
     config = config_from_options(options)
     backend = resolve_backend(config.device)
+    note_ignored_options(config, backend)
     out = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
     hidden = "-".join(map(str, config.hidden))
@@ -222,6 +231,7 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
         f"{config.optimizer} lr {config.lr:g}, "
         f"schedule {config.schedule}, l2 {config.l2:g}, dropout {config.dropout:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs, {len(split.y_train)} train / {len(split.y_val)} val images"
+        + (", TF32 products" if config.tf32 and backend.name == "cupy" else "")
     )
     with TrainingDisplay(config.epochs) as display:
         try:

@@ -105,9 +105,17 @@ def quick(base: TrainConfig, settings: ExperimentSettings, keep: Collection[str]
     return dataclasses.replace(base, **config_changes), dataclasses.replace(settings, quick=True, **setting_changes)
 
 
+ADDED_LATER = {"tf32": False}
+"""Settings added after studies were first recorded. At these defaults they are left out of a run's
+key, so that earlier records, which lack them, still match and keep their folder names."""
+
+
 def config_key(config: TrainConfig | dict[str, Any]) -> str:
     """The canonical JSON of a whole config: equal keys mean the same run."""
-    values = config.to_dict() if isinstance(config, TrainConfig) else config
+    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    for name, default in ADDED_LATER.items():
+        if values.get(name, default) == default:
+            values.pop(name, None)
     return json.dumps(values, sort_keys=True)
 
 

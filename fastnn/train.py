@@ -55,6 +55,7 @@ class TrainConfig:
     subset: int | None = None
     device: str = "auto"
     dtype: str = "float32"
+    tf32: bool = False
 
     def validate(self) -> None:
         problems = [
@@ -180,28 +181,35 @@ def train_epoch(
     return loss_sum, correct
 
 
-def evaluate(network: Network, x: Array, y: Array, batch_size: int = 2000) -> tuple[float, float]:
-    """(mean loss without the L2 term, accuracy) over ``(x, y)``, in evaluation mode, in batches."""
+def evaluate(
+    network: Network, x: Array, y: Array, batch_size: int = 2000, *, return_predictions: bool = False
+) -> tuple[float, float] | tuple[float, float, Array]:
+    """(mean loss without the L2 term, accuracy) over ``(x, y)``, in evaluation mode, in batches.
+
+    With ``return_predictions`` the predicted classes (a device array) come as a third item, from
+    the same forward pass.
+    """
     xp = array_namespace(x)
     n = x.shape[0]
     if n == 0:
-        return float("nan"), float("nan")
+        empty = xp.zeros((0,), dtype=xp.int64, device=device(x))
+        return (float("nan"), float("nan"), empty) if return_predictions else (float("nan"), float("nan"))
     loss_sum = xp.zeros((), dtype=x.dtype, device=device(x))
     correct = xp.zeros((), dtype=xp.int64, device=device(x))
+    parts = []
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yb = y[start:stop]
         logits = network.logits(x[start:stop, ...])
         loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)
-        correct = correct + count_correct(logits, yb)
-    return float(loss_sum) / n, int(correct) / n
-
-
-def predict(network: Network, x: Array, batch_size: int = 2000) -> Array:
-    """Predicted classes for all of ``x``, in batches (device array)."""
-    xp = array_namespace(x)
-    parts = [network.predict(x[s : min(s + batch_size, x.shape[0]), ...]) for s in range(0, x.shape[0], batch_size)]
-    return xp.concat(parts) if parts else xp.zeros((0,), dtype=xp.int64, device=device(x))
+        if return_predictions:
+            predicted = xp.argmax(logits, axis=1)
+            correct = correct + xp.sum(xp.astype(predicted == yb, xp.int64))
+            parts.append(predicted)
+        else:
+            correct = correct + count_correct(logits, yb)
+    metrics = (float(loss_sum) / n, int(correct) / n)
+    return (*metrics, xp.concat(parts)) if return_predictions else metrics
 
 
 class NonFiniteLoss(RuntimeError):
@@ -255,6 +263,7 @@ class Trainer:
         x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
         xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")
         net.check_labels(y, values=True)
+        b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         n = x.shape[0]
         for epoch in range(cfg.epochs):

@@ -40,3 +40,27 @@ def synthetic_split(n_train=600, n_val=150, n_test=150, features=20, seed=0):
         x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=xs, y_test=ys,
         mean=np.zeros(3), std=np.ones(3), class_names=("a", "b", "c"),
     )
+
+
+def write_learnable_cifar(folder, images_per_batch=10_000, seed=0):
+    """An extracted CIFAR-10 folder of the real sizes whose classes are easy to tell apart: each class
+    has its own colour (a level per channel) under uniform noise. For end-to-end runs of the CLI
+    where the real data is absent (the GPU machine has no copy); returns the data folder."""
+    import pickle
+
+    from fastnn.data import CLASS_NAMES, cifar10
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 156, size=(10, 3))
+    target = folder / cifar10.FOLDER_NAME
+    target.mkdir(parents=True)
+    for name in (*cifar10.TRAIN_BATCHES, cifar10.TEST_BATCH):
+        labels = rng.integers(0, 10, images_per_batch)
+        pixels = rng.integers(0, 100, (images_per_batch, 3, 1024), dtype=np.uint8)
+        pixels += colours[labels][:, :, None].astype(np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": pixels.reshape(-1, 3072)}
+        batch[b"filenames"] = [f"{i}.png".encode() for i in range(images_per_batch)]
+        (target / name).write_bytes(pickle.dumps(batch, protocol=4))
+    meta = {b"num_cases_per_batch": images_per_batch, b"label_names": [n.encode() for n in CLASS_NAMES]}
+    (target / cifar10.META).write_bytes(pickle.dumps({**meta, b"num_vis": 3072}, protocol=4))
+    return folder

@@ -96,3 +96,53 @@ def test_evaluate_missing_checkpoint(tmp_path):
     result = run("evaluate", str(tmp_path / "nope.npz"), "--device", "cpu")
     assert result.exit_code == 1
     assert "no such checkpoint" in result.output
+
+
+def _accuracy(output: str) -> float:
+    import re
+
+    return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))
+
+
+@pytest.fixture(scope="module")
+def learnable_data(tmp_path_factory):
+    from _util import write_learnable_cifar
+
+    return write_learnable_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "device, options",
+    [
+        ("cpu", ["--tf32"]),  # a note, and full float32: the flag acts on NVIDIA GPUs only
+        pytest.param("gpu", [], marks=pytest.mark.gpu),
+        pytest.param("gpu", ["--tf32"], marks=pytest.mark.gpu),
+    ],
+)
+def test_train_then_evaluate_as_a_user_would(learnable_data, tmp_path, device, options):
+    """``fastnn train`` and ``fastnn evaluate`` end to end on data of CIFAR-10's sizes: one epoch
+    learns the easy classes, the checkpoint records the settings, and evaluating it again, on the
+    same device and on the CPU, gives the accuracy that training printed."""
+    import numpy as np
+
+    from fastnn.backend import get_backend
+    from fastnn.checkpoint import load
+
+    if device == "gpu" and not HAS_CUPY:
+        pytest.skip("CuPy is not installed here")
+    data, out = str(learnable_data), tmp_path / "run"
+    common = ["--data-dir", data]
+    trained = run("train", "--device", device, "--epochs", "1", "--hidden", "128", "--out", str(out), *common, *options)
+    assert trained.exit_code == 0, trained.output
+    accuracy = _accuracy(trained.output)
+    assert accuracy >= 90.0, trained.output
+    assert ("--tf32 acts only on NVIDIA GPUs" in trained.output) == (device == "cpu" and "--tf32" in options)
+    _, meta = load(out / "model.npz", get_backend("cpu"))
+    assert meta["config"]["tf32"] == ("--tf32" in options)
+    again = run("evaluate", str(out / "model.npz"), "--device", device, *common)
+    assert again.exit_code == 0, again.output
+    assert _accuracy(again.output) == accuracy
+    on_cpu = run("evaluate", str(out / "model.npz"), "--device", "cpu", *common)
+    assert on_cpu.exit_code == 0, on_cpu.output
+    assert np.isclose(_accuracy(on_cpu.output), accuracy, atol=0.1)  # a few borderline images may flip

@@ -23,8 +23,10 @@ from fastnn.experiments import (
     Reporter,
     add_studies,
     add_sweep,
+    config_key,
     quick,
     run_experiments,
+    run_id,
     stats,
 )
 from fastnn.train import EpochRecord, NonFiniteLoss, RunResult, TrainConfig
@@ -241,9 +243,21 @@ def test_quick_experiments_on_cifar10_write_the_whole_report(tmp_path):
     }  # fmt: skip
     report = (tmp_path / "report.md").read_text()
     assert "quick run: not for conclusions" in report
-    for run_id, run in results["runs"].items():
-        assert (tmp_path / "runs" / run_id / "result.json").is_file()
-        assert (tmp_path / "runs" / run_id / "model.npz").is_file()
-        assert f"`{run_id}`" in report and run["label"] in report
+    for folder, run in results["runs"].items():
+        assert (tmp_path / "runs" / folder / "result.json").is_file()
+        assert (tmp_path / "runs" / folder / "model.npz").is_file()
+        assert f"`{folder}`" in report and run["label"] in report
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "report.pdf").stat().st_size > 0
     assert {s["key"] for s in results["studies"]} == {"base", "optimizer", "l2", "schedule", "sweep"}
+
+
+def test_recorded_runs_keep_their_ids_when_settings_are_added():
+    """The committed study's runs were recorded before ``tf32`` existed: at its default it must not
+    change their keys or folder names (else a resumed study retrains them); set, it must."""
+    recorded = json.loads((Path(__file__).parent.parent / "docs/experiments/results.json").read_text())["runs"]
+    for recorded_id, run in recorded.items():
+        config = TrainConfig.from_dict(run["config"])
+        assert "tf32" not in run["config"] and config.tf32 is False
+        assert run_id(config) == recorded_id
+        assert config_key(config) == config_key(run["config"])
+        assert config_key(dataclasses.replace(config, tf32=True)) != config_key(run["config"])

@@ -89,3 +89,21 @@ def test_fused_cupy_adam_kernel_on_one_array(gpu):
     p_ref = p - step_size * m_ref / (np.sqrt(v_ref) + eps_hat)
     for got, expected in zip([arrays[0], arrays[2], arrays[3]], [p_ref, m_ref, v_ref]):
         np.testing.assert_allclose(gpu.to_numpy(got), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_tf32_rounds_the_inputs_of_products_and_turns_off_again(gpu):
+    """1.0001 has no TF32 form (10 mantissa bits: the nearest are 1 and 1 + 2**-10), so a TF32 sum of
+    1,024 of them is exactly 1024; in float32 it is 1024.1. Needs compute capability 8.0 (Ampere) or newer."""
+    xp = gpu.xp
+    if int(xp.cuda.Device().compute_capability) < 80:
+        pytest.skip("TF32 needs an Ampere or newer GPU")
+    a = xp.full((256, 1024), 1.0001, dtype=xp.float32)
+    b = xp.ones((1024, 256), dtype=xp.float32)
+    try:
+        assert gpu.set_tf32(True) is True
+        fast = float((a @ b)[0, 0])
+    finally:
+        gpu.set_tf32(False)
+    full = float((a @ b)[0, 0])
+    assert fast == 1024.0
+    assert full == pytest.approx(1024 * 1.0001, rel=1e-6)

@@ -35,6 +35,28 @@ def test_full_short_run_on_every_backend(backend, tmp_path):
     assert meta["config"]["hidden"] == [16]
     reloaded = evaluate(network, backend.asarray(split.x_test, "float32"), backend.asarray(split.y_test, "int64"))
     assert reloaded[1] == result.test_accuracy
+    assert meta["config"]["tf32"] is False
+
+
+def test_evaluate_returns_the_predictions_of_its_one_pass(backend):
+    split = _split()
+    network = run_training(_config(epochs=2), split, backend).network
+    x, y = backend.asarray(split.x_test, "float32"), backend.asarray(split.y_test, "int64")
+    loss, accuracy, predicted = evaluate(network, x, y, batch_size=64, return_predictions=True)
+    assert (loss, accuracy) == evaluate(network, x, y, batch_size=64)
+    expected = backend.to_numpy(network.predict(x))
+    np.testing.assert_array_equal(backend.to_numpy(predicted), expected)
+    assert accuracy == np.mean(expected == split.y_test)
+
+
+def test_tf32_is_a_no_op_off_the_gpu(backend):
+    if backend.name == "cupy":
+        pytest.skip("on CuPy TF32 changes the products: tests/test_gpu.py checks it there")
+    split = _split()
+    plain = run_training(_config(epochs=2), split, backend)
+    tf32 = run_training(_config(epochs=2, tf32=True), split, backend)
+    assert backend.set_tf32(True) is False
+    assert [r.train_loss for r in tf32.history] == [r.train_loss for r in plain.history]
 
 
 def test_same_seed_same_numbers_bit_for_bit(backend):
