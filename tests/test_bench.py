@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from fastnn.backend import get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -70,3 +73,18 @@ def test_ablation_runs():
     assert done.returncode == 0, done.stdout + done.stderr
     for stage in ("baseline", "+no-input-grad", "+fused-adam", "+relu-mask", "+bias-in-place"):
         assert stage in done.stdout
+
+
+def test_tf32_emulation_rounds_to_ten_mantissa_bits():
+    from bench.tf32_effect import TF32Dense, to_tf32
+
+    values = np.array([1.0001, 1 + 2**-10, 1 + 2**-11 + 2**-20, -3.0, 0.0], dtype=np.float32)
+    np.testing.assert_array_equal(to_tf32(values), [1.0, 1 + 2**-10, 1 + 2**-10, -3.0, 0.0])
+    x = np.random.default_rng(0).normal(size=10_000).astype(np.float32)
+    error = np.abs(to_tf32(x) - x) / np.abs(x)
+    assert error.max() <= 2**-11 and error.mean() > 2**-14  # within half a TF32 step, and not a no-op
+    assert np.all(np.frexp(to_tf32(x))[0] * 2**11 % 1 == 0)  # 1 + 10 bits of significand left
+    layer = TF32Dense(4, 3, get_backend("cpu").rng(0))
+    x4 = np.full((2, 4), 1.0001, dtype=np.float32)
+    layer.params["W"] = np.ones((4, 3), dtype=np.float32)
+    np.testing.assert_array_equal(layer.forward(x4), np.full((2, 3), 4.0, dtype=np.float32))
