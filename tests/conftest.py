@@ -4,6 +4,8 @@
 under the ``gpu`` marker and is skipped where CuPy or a GPU is missing.
 """
 
+import sys
+
 import pytest
 
 from fastnn.backend import BackendUnavailable, get_backend
@@ -21,3 +23,15 @@ def backend(request):
         return get_backend(request.param)
     except BackendUnavailable as exc:
         pytest.skip(f"{request.param} backend unavailable here: {str(exc).split(';')[0]}")
+
+
+@pytest.fixture(autouse=True)
+def full_float32_products():
+    """TF32 is a process-wide CuPy setting: a test that turns it on (``fastnn train --tf32``) must not
+    leave it on for the tests after it, which compare CuPy with NumPy in float32."""
+    yield
+    if "cupy" in sys.modules:
+        try:
+            get_backend("gpu").set_tf32(False)
+        except BackendUnavailable:
+            pass
