@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import is_cupy_namespace, is_numpy_namespace
+from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
 
 log = logging.getLogger("fastnn")
 
@@ -204,6 +204,24 @@ def available_backends() -> dict[str, str]:
         except BackendUnavailable as exc:
             status[key] = f"unavailable: {exc}"
     return status
+
+
+_NAMESPACES: dict[type, ModuleType] = {}
+
+
+def namespace(array: Any) -> ModuleType:
+    """The array-API namespace of ``array`` (``array_api_compat.array_namespace``), looked up once per type.
+
+    Every layer asks for the namespace of its input in every step. The lookup tries each known
+    library in turn and costs about 5 microseconds, which counts where the host is the bottleneck: a
+    small batch on a GPU (``python -m bench.overhead``). For NumPy, CuPy and array-api-strict an
+    array's type decides its namespace, so the answer is kept per type.
+    """
+    kind = type(array)
+    xp = _NAMESPACES.get(kind)
+    if xp is None:
+        xp = _NAMESPACES[kind] = array_namespace(array)
+    return xp
 
 
 # -- fast paths ------------------------------------------------------------------------------------

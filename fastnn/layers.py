@@ -5,7 +5,7 @@ and caches what its backward pass needs. ``backward(grad_out)`` takes dL/dy, fil
 (same keys and shapes as ``params``) and returns dL/dx.
 
 Nothing here imports NumPy or CuPy: the namespace comes from the arrays themselves
-(``array_namespace(x)``), so the same code runs on every backend.
+(``fastnn.backend.namespace(x)``), so the same code runs on every backend.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from array_api_compat import device
+
+from fastnn.backend import namespace
 
 Array = Any
 
@@ -62,7 +64,7 @@ class Dense(Layer):
             raise ValueError(f"Dense needs positive sizes, got {n_in} -> {n_out}")
         self.n_in, self.n_out, self.init = n_in, n_out, init
         weight = rng.normal((n_in, n_out), INITIALISERS[init](n_in, n_out), dtype)
-        xp = array_namespace(weight)
+        xp = namespace(weight)
         self.params = {"W": weight, "b": xp.zeros((n_out,), dtype=weight.dtype, device=device(weight))}
         self.input_grad = True
         self._x: Array = None
@@ -74,7 +76,7 @@ class Dense(Layer):
         return y
 
     def backward(self, grad_out: Array) -> Array | None:
-        xp = array_namespace(grad_out)
+        xp = namespace(grad_out)
         self.grads = {"W": self._x.T @ grad_out, "b": xp.sum(grad_out, axis=0)}
         return grad_out @ self.params["W"].T if self.input_grad else None
 
@@ -90,11 +92,11 @@ class ReLU(Layer):
     """
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        self._y = array_namespace(x).maximum(x, 0.0)
+        self._y = namespace(x).maximum(x, 0.0)
         return self._y
 
     def backward(self, grad_out: Array) -> Array:
-        xp = array_namespace(grad_out)
+        xp = namespace(grad_out)
         return grad_out * xp.astype(self._y > 0, grad_out.dtype)
 
 
@@ -107,7 +109,7 @@ class LeakyReLU(Layer):
 
     def forward(self, x: Array, training: bool = False) -> Array:
         # the local slope, 1 or ``slope``, as a float array: multiplying by it is faster than ``where`` (see ReLU)
-        positive = array_namespace(x).astype(x > 0, x.dtype)
+        positive = namespace(x).astype(x > 0, x.dtype)
         self._slope = self.slope + (1.0 - self.slope) * positive
         return x * self._slope
 
@@ -133,7 +135,7 @@ class Tanh(Layer):
     """``y = tanh(x)``; ``dx = dy * (1 - y**2)``."""
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        self._y = array_namespace(x).tanh(x)
+        self._y = namespace(x).tanh(x)
         return self._y
 
     def backward(self, grad_out: Array) -> Array:
@@ -158,7 +160,7 @@ class Dropout(Layer):
         if not training or self.p == 0.0:
             self._scale = None
             return x
-        xp = array_namespace(x)
+        xp = namespace(x)
         keep = self.rng.uniform(tuple(x.shape), dtype=_dtype_name(x)) >= self.p
         self._scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))
         return x * self._scale
@@ -172,13 +174,13 @@ class Dropout(Layer):
 
 def sigmoid(x: Array) -> Array:
     """Logistic function, computed without overflow for large ``|x|``."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _dtype_name(x: Array) -> str:
-    xp = array_namespace(x)
+    xp = namespace(x)
     return "float64" if x.dtype == xp.float64 else "float32"
 
 

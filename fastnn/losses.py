@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from array_api_compat import device
+
+from fastnn.backend import namespace
 
 Array = Any
 
 
 def softmax(logits: Array) -> Array:
     """Row-wise softmax of ``logits`` (batch, classes); the row maximum is subtracted first."""
-    xp = array_namespace(logits)
+    xp = namespace(logits)
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     e = xp.exp(shifted)
     return e / xp.sum(e, axis=1, keepdims=True)
@@ -24,7 +26,7 @@ def softmax(logits: Array) -> Array:
 
 def one_hot(labels: Array, n_classes: int, dtype: Any) -> Array:
     """``labels`` (batch,) of integers in [0, n_classes) -> (batch, n_classes) of 0 and 1."""
-    xp = array_namespace(labels)
+    xp = namespace(labels)
     classes = xp.arange(n_classes, device=device(labels))
     return xp.astype(labels[:, None] == classes[None, :], dtype)
 
@@ -37,7 +39,7 @@ class SoftmaxCrossEntropy:
     """
 
     def forward(self, logits: Array, targets: Array) -> Array:
-        xp = array_namespace(logits)
+        xp = namespace(logits)
         n_classes = logits.shape[1]
         self._target = targets if targets.ndim == 2 else one_hot(targets, n_classes, logits.dtype)
         shifted = logits - xp.max(logits, axis=1, keepdims=True)
@@ -63,7 +65,7 @@ class SquaredError:
     """
 
     def forward(self, outputs: Array, targets: Array) -> Array:
-        xp = array_namespace(outputs)
+        xp = namespace(outputs)
         self._diff = outputs - targets
         return 0.5 * xp.sum(self._diff * self._diff)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from array_api_compat import array_namespace
-
+from fastnn.backend import namespace
 from fastnn.layers import ACTIVATIONS, Dense, Dropout, Layer
 from fastnn.losses import SoftmaxCrossEntropy, softmax
 from fastnn.regularizers import L2
@@ -141,7 +140,7 @@ class Network:
 
     def predict(self, x: Array) -> Array:
         """Predicted class indices (batch,)."""
-        return array_namespace(x).argmax(self.logits(x), axis=1)
+        return namespace(x).argmax(self.logits(x), axis=1)
 
     def accuracy(self, x: Array, labels: Array) -> float:
         """Fraction of ``labels`` predicted correctly (read back to the host: not for the batch loop)."""
@@ -181,7 +180,7 @@ class Network:
                 value = state[name]
                 if tuple(value.shape) != tuple(current.shape):
                     raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(current.shape)}")
-                xp = array_namespace(current)
+                xp = namespace(current)
                 if _namespace_or_none(value) is xp:
                     layer.params[key] = xp.astype(value, current.dtype, copy=True)
                 else:  # a host array, e.g. from a checkpoint file
@@ -211,7 +210,7 @@ class Network:
             if labels.shape[1] != self.n_classes:
                 raise ValueError(f"targets have {labels.shape[1]} columns, the network has {self.n_classes} classes")
             return
-        xp = array_namespace(labels)
+        xp = namespace(labels)
         if labels.ndim != 1 or not xp.isdtype(labels.dtype, "integral"):
             raise ValueError(
                 f"labels must be a 1-D integer array of class indices (got ndim={labels.ndim}, dtype={labels.dtype})"
@@ -225,7 +224,7 @@ class Network:
 def count_correct(logits: Array, labels: Array) -> Array:
     """How many rows of ``logits`` (batch, classes) have their maximum at the label: a 0-d device
     array. ``labels`` are class indices (batch,) or probability rows (batch, classes)."""
-    xp = array_namespace(logits)
+    xp = namespace(logits)
     if labels.ndim == 2:
         labels = xp.argmax(labels, axis=1)
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
@@ -233,6 +232,6 @@ def count_correct(logits: Array, labels: Array) -> Array:
 
 def _namespace_or_none(array: Any) -> Any:
     try:
-        return array_namespace(array)
+        return namespace(array)
     except TypeError:
         return None

@@ -10,9 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from array_api_compat import array_namespace
-
-from fastnn.backend import fused_adam_step
+from fastnn.backend import fused_adam_step, namespace
 
 Array = Any
 Entries = Iterable[tuple[str, Array, Array]]
@@ -87,17 +85,16 @@ class Adam:
         # sqrt(v / c2) + eps == (sqrt(v) + eps * sqrt(c2)) / sqrt(c2): the corrections become two scalars
         step_size, eps_hat = lr * sqrt_correction2 / correction1, self.eps * sqrt_correction2
         for name, param, grad in entries:
-            xp = array_namespace(param)
-            if name not in self.m:
-                self.m[name] = xp.zeros_like(param)
-                self.v[name] = xp.zeros_like(param)
-            if name not in self._fused_steps:  # the backend's kernel for this parameter, or None
+            if name not in self.m:  # first step: zero moments, and the backend's kernel or None
+                xp = namespace(param)
+                self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
                 self._fused_steps[name] = fused_adam_step(xp) if self.fused else None
             m, v = self.m[name], self.v[name]
             fused = self._fused_steps[name]
             if fused is not None:
                 fused(param, grad, m, v, b1, b2, step_size, eps_hat)
                 continue
+            xp = namespace(param)
             m *= b1
             m += (1.0 - b1) * grad
             v *= b2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace
+from fastnn.backend import namespace
 
 Array = Any
 
@@ -25,7 +25,7 @@ class L2:
         """``lam / 2 * sum_W sum(W**2)``: a 0-d device array (or 0.0 when lam is 0)."""
         if self.lam == 0.0 or not weights:
             return 0.0
-        xp = array_namespace(weights[0])
+        xp = namespace(weights[0])
         return 0.5 * self.lam * sum(xp.sum(w * w) for w in weights)
 
     def gradient(self, weight: Array) -> Array:

@@ -64,3 +64,15 @@ def test_available_backends_lists_all_three():
     status = available_backends()
     assert set(status) == {"numpy", "cupy", "strict"}
     assert status["numpy"].startswith("ok")
+
+
+def test_namespace_is_array_namespace_kept_per_type(backend):
+    from array_api_compat import array_namespace
+
+    from fastnn.backend import namespace
+
+    x = backend.asarray([[1.0, 2.0]], "float32")
+    assert namespace(x) is array_namespace(x)
+    assert namespace(backend.asarray([3], "int64")) is namespace(x)  # the same type, the same answer
+    with pytest.raises(TypeError):
+        namespace([1.0, 2.0])

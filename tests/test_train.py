@@ -143,3 +143,30 @@ def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend, shift):
         assert all(abs(dy) <= shift and abs(dx) <= shift for _, dy, dx in matches)
         kinds.add(matches[0])
     assert len(kinds) > 1  # the draws differ between images
+
+
+def test_gathering_in_chunks_trains_on_the_same_batches(backend):
+    """train_epoch gathers GATHER batches at a time; the steps must be those of gathering each batch
+    on its own from the same permutation (the plain loop below), bit for bit, whatever is left over."""
+    from fastnn.network import Network
+    from fastnn.optimizers import Adam
+    from fastnn.train import GATHER, train_epoch
+
+    batch_size, n = 8, 8 * GATHER * 2 + 13  # two whole chunks and a short third, ending in a short batch
+    split = _split(n_train=n)
+    x, y = backend.asarray(split.x_train, "float32"), backend.asarray(split.y_train, "int64")
+    chunked, plain = Network([20, 16, 3], backend=backend, seed=3), Network([20, 16, 3], backend=backend, seed=3)
+    done = []
+    loss_sum, correct = train_epoch(
+        chunked, Adam(), x, y, batch_size=batch_size, lr=0.01, rng=backend.rng(5), on_batch=done.append
+    )
+    xp, order, optimizer = backend.xp, backend.rng(5).permutation(n), Adam()
+    expected_loss = 0.0
+    for start in range(0, n, batch_size):
+        index = order[start : min(start + batch_size, n)]
+        loss, _ = plain.train_step(xp.take(x, index, axis=0), xp.take(y, index, axis=0), optimizer, 0.01)
+        expected_loss += float(loss) * index.shape[0]
+    assert done == [min(s + batch_size, n) for s in range(0, n, batch_size)]
+    assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-6)
+    for (name, p), (_, q) in zip(chunked.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q), err_msg=name)
