@@ -42,7 +42,14 @@ class FastnnRunner:
         b.synchronize()
         started = time.perf_counter()
         loss_sum, _correct = train_epoch(
-            self.network, self.optimizer, x, y, batch_size=self.batch_size, lr=self.lr, rng=self.rng
+            self.network,
+            self.optimizer,
+            x,
+            y,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            rng=self.rng,
+            gather=b.gather_batches,  # as the product's Trainer does
         )
         mean_loss = float(loss_sum) / rows  # the one read-back of an epoch, as the Trainer does it
         b.synchronize()

@@ -147,14 +147,6 @@ def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
     return xp.reshape(xp.where(inside[:, None, :, :], pixels, 0.0), (batch, 3072))
 
 
-GATHER = 8
-"""Batches whose rows are gathered (and augmented) together. Each array operation costs the host
-some microseconds before the device runs it, and the gather and the augmentation are about thirty
-operations, most of them on small index arrays: done for eight batches at once, they cost an eighth
-as much per batch (``python -m bench.overhead``), while the chunk stays small (2,048 CIFAR images at
-batch 256: 25 MB in float32). The batches are the same rows as gathering them one by one."""
-
-
 def train_epoch(
     network: Network,
     optimizer: Any,
@@ -166,18 +158,23 @@ def train_epoch(
     rng: Any,
     augment: bool = False,
     shift: int = 2,
+    gather: int = 1,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[Array, Array]:
     """One pass over ``(x, y)`` in a random order; returns (sum of batch losses x batch sizes,
     number correct), both still on the device. ``on_batch(done)`` is called after each batch
-    with the number of examples done so far (host-side bookkeeping only)."""
+    with the number of examples done so far (host-side bookkeeping only).
+
+    ``gather`` batches are gathered (and augmented) together, then trained on one by one: the same
+    rows in the same batches whatever its value, with fewer array operations per batch for more
+    memory (``Backend.gather_batches`` says what suits a device)."""
     xp = namespace(x)
     n = x.shape[0]
     order = rng.permutation(n)
     loss_sum = xp.zeros((), dtype=x.dtype, device=device(x))
     correct = xp.zeros((), dtype=xp.int64, device=device(x))
-    for first in range(0, n, batch_size * GATHER):
-        index = order[first : min(first + batch_size * GATHER, n)]  # slices ending past the array are not portable
+    for first in range(0, n, batch_size * gather):
+        index = order[first : min(first + batch_size * gather, n)]  # slices ending past the array are not portable
         x_chunk, y_chunk = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
         if augment:
             x_chunk = augment_images(x_chunk, rng, shift)
@@ -292,6 +289,7 @@ class Trainer:
                 rng=rng,
                 augment=cfg.augment,
                 shift=cfg.shift,
+                gather=b.gather_batches,
                 on_batch=(lambda done: self.on_batch(done, n)) if self.on_batch else None,
             )
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n

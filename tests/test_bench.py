@@ -88,3 +88,14 @@ def test_tf32_emulation_rounds_to_ten_mantissa_bits():
     x4 = np.full((2, 4), 1.0001, dtype=np.float32)
     layer.params["W"] = np.ones((4, 3), dtype=np.float32)
     np.testing.assert_array_equal(layer.forward(x4), np.full((2, 3), 4.0, dtype=np.float32))
+
+
+def test_overhead_bench_times_every_variant(capsys):
+    from bench.overhead import main
+
+    assert main(["--steps", "4", "--repeats", "1", "--hidden", "4"]) == 0
+    out = capsys.readouterr().out
+    for row in ("gather 1 (default here)", "gather 8", "uncached namespace"):
+        assert row in out
+    rows = [line for line in out.splitlines() if " us (" in line]
+    assert len(rows) >= 3 and all(float(line.split(" us (")[0].split()[-1]) > 0 for line in rows)

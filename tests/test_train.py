@@ -146,19 +146,20 @@ def test_augmentation_is_a_flip_and_a_shift_of_each_image(backend, shift):
 
 
 def test_gathering_in_chunks_trains_on_the_same_batches(backend):
-    """train_epoch gathers GATHER batches at a time; the steps must be those of gathering each batch
-    on its own from the same permutation (the plain loop below), bit for bit, whatever is left over."""
+    """train_epoch can gather several batches at a time; the steps must be those of gathering each
+    batch on its own from the same permutation (the plain loop below), bit for bit, whatever is left over."""
     from fastnn.network import Network
     from fastnn.optimizers import Adam
-    from fastnn.train import GATHER, train_epoch
+    from fastnn.train import train_epoch
 
-    batch_size, n = 8, 8 * GATHER * 2 + 13  # two whole chunks and a short third, ending in a short batch
+    gather, batch_size = 3, 8
+    n = batch_size * gather * 2 + 13  # two whole chunks and a short third, ending in a short batch
     split = _split(n_train=n)
     x, y = backend.asarray(split.x_train, "float32"), backend.asarray(split.y_train, "int64")
     chunked, plain = Network([20, 16, 3], backend=backend, seed=3), Network([20, 16, 3], backend=backend, seed=3)
     done = []
     loss_sum, correct = train_epoch(
-        chunked, Adam(), x, y, batch_size=batch_size, lr=0.01, rng=backend.rng(5), on_batch=done.append
+        chunked, Adam(), x, y, batch_size=batch_size, lr=0.01, rng=backend.rng(5), gather=gather, on_batch=done.append
     )
     xp, order, optimizer = backend.xp, backend.rng(5).permutation(n), Adam()
     expected_loss = 0.0
