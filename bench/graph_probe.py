@@ -48,6 +48,7 @@ def main() -> int:
         return 0
     a = cupy.full((256, 512), 0.5, dtype=cupy.float32)
     b = cupy.full((512, 128), 2.0, dtype=cupy.float32)
+    cupy.cuda.Device().synchronize()  # the capturing stream does not wait for the default stream's fills
     print(f"cupy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}")
     print(_try_capture(cupy, "elementwise (a * 3 + 1)", lambda: a * 3 + 1, lambda out: bool((out == 2.5).all())))
     print(_try_capture(cupy, "matrix product (a @ b)", lambda: a @ b, lambda out: bool((out == 512.0).all())))
