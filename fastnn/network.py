@@ -127,7 +127,7 @@ class Network:
         self.check_labels(labels)
         self.logits(x, training=True)
         loss = self.backward_pass(labels)
-        correct = count_correct(self._logits, labels)
+        correct = count_correct(namespace(self._logits).argmax(self._logits, axis=1), labels)
         self.update_network(optimizer, lr)
         return loss, correct
 
@@ -145,7 +145,7 @@ class Network:
     def accuracy(self, x: Array, labels: Array) -> float:
         """Fraction of ``labels`` predicted correctly (read back to the host: not for the batch loop)."""
         self.check_labels(labels, values=True)
-        return float(count_correct(self.logits(x), labels)) / labels.shape[0]
+        return float(count_correct(self.predict(x), labels)) / labels.shape[0]
 
     def parameters(self) -> Iterator[tuple[str, Array]]:
         """``(name, array)`` for every parameter, e.g. ``("0.W", W)`` for the first layer's weights."""
@@ -221,13 +221,13 @@ class Network:
                 raise ValueError(f"labels must lie in [0, {self.n_classes}), found values from {low} to {high}")
 
 
-def count_correct(logits: Array, labels: Array) -> Array:
-    """How many rows of ``logits`` (batch, classes) have their maximum at the label: a 0-d device
-    array. ``labels`` are class indices (batch,) or probability rows (batch, classes)."""
-    xp = namespace(logits)
+def count_correct(predicted: Array, labels: Array) -> Array:
+    """How many ``predicted`` classes (batch,) equal the labels: a 0-d device array. ``labels`` are
+    class indices (batch,) or probability rows (batch, classes)."""
+    xp = namespace(predicted)
     if labels.ndim == 2:
         labels = xp.argmax(labels, axis=1)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+    return xp.sum(xp.astype(predicted == labels, xp.int64))
 
 
 def _namespace_or_none(array: Any) -> Any:

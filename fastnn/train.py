@@ -209,12 +209,10 @@ def evaluate(
         yb = y[start:stop]
         logits = network.logits(x[start:stop, ...])
         loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)
+        predicted = xp.argmax(logits, axis=1)
+        correct = correct + count_correct(predicted, yb)
         if return_predictions:
-            predicted = xp.argmax(logits, axis=1)
-            correct = correct + xp.sum(xp.astype(predicted == yb, xp.int64))
             parts.append(predicted)
-        else:
-            correct = correct + count_correct(logits, yb)
     metrics = (float(loss_sum) / n, int(correct) / n)
     return (*metrics, xp.concat(parts)) if return_predictions else metrics
 
