@@ -1,4 +1,4 @@
-"""Finite-difference helpers for the gradient tests (float64 on the host)."""
+"""Helpers of the tests: finite differences (float64 on the host), small data, reading CLI output."""
 
 import numpy as np
 
@@ -64,3 +64,10 @@ def write_learnable_cifar(folder, images_per_batch=10_000, seed=0):
     meta = {b"num_cases_per_batch": images_per_batch, b"label_names": [n.encode() for n in CLASS_NAMES]}
     (target / cifar10.META).write_bytes(pickle.dumps({**meta, b"num_vis": 3072}, protocol=4))
     return folder
+
+
+def printed_test_accuracy(output: str) -> float:
+    """The percentage in the "test accuracy NN.NN%" line that fastnn train and fastnn evaluate print."""
+    import re
+
+    return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))

@@ -5,10 +5,10 @@ A short budget (3 epochs of the default network) must already reach 45% test acc
 """
 
 import os
-import re
 from pathlib import Path
 
 import pytest
+from _util import printed_test_accuracy
 from click.testing import CliRunner
 
 from fastnn_cli.main import cli
@@ -24,18 +24,15 @@ pytestmark = [
 ]
 
 
-def _accuracy(output: str) -> float:
-    return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))
-
 
 def test_short_training_reaches_45_percent_and_evaluate_reproduces_it(tmp_path):
     runner = CliRunner()
     trained = runner.invoke(cli, ["train", "--device", "cpu", "--epochs", "3", "--out", str(tmp_path)])
     assert trained.exit_code == 0, trained.output
-    accuracy = _accuracy(trained.output)
+    accuracy = printed_test_accuracy(trained.output)
     assert accuracy >= 45.0
     assert (tmp_path / "model.npz").is_file() and (tmp_path / "metrics.jsonl").is_file()
     evaluated = runner.invoke(cli, ["evaluate", str(tmp_path / "model.npz"), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert _accuracy(evaluated.output) == accuracy
+    assert printed_test_accuracy(evaluated.output) == accuracy
     assert "confusion matrix" in evaluated.output

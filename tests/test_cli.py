@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+from _util import printed_test_accuracy
 from click.testing import CliRunner
 
 from fastnn_cli.main import cli
@@ -98,11 +99,6 @@ def test_evaluate_missing_checkpoint(tmp_path):
     assert "no such checkpoint" in result.output
 
 
-def _accuracy(output: str) -> float:
-    import re
-
-    return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))
-
 
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
@@ -135,14 +131,14 @@ def test_train_then_evaluate_as_a_user_would(learnable_data, tmp_path, device, o
     common = ["--data-dir", data]
     trained = run("train", "--device", device, "--epochs", "1", "--hidden", "128", "--out", str(out), *common, *options)
     assert trained.exit_code == 0, trained.output
-    accuracy = _accuracy(trained.output)
+    accuracy = printed_test_accuracy(trained.output)
     assert accuracy >= 90.0, trained.output
     assert ("--tf32 acts only on NVIDIA GPUs" in trained.output) == (device == "cpu" and "--tf32" in options)
     _, meta = load(out / "model.npz", get_backend("cpu"))
     assert meta["config"]["tf32"] == ("--tf32" in options)
     again = run("evaluate", str(out / "model.npz"), "--device", device, *common)
     assert again.exit_code == 0, again.output
-    assert _accuracy(again.output) == accuracy
+    assert printed_test_accuracy(again.output) == accuracy
     on_cpu = run("evaluate", str(out / "model.npz"), "--device", "cpu", *common)
     assert on_cpu.exit_code == 0, on_cpu.output
-    assert np.isclose(_accuracy(on_cpu.output), accuracy, atol=0.1)  # a few borderline images may flip
+    assert np.isclose(printed_test_accuracy(on_cpu.output), accuracy, atol=0.1)  # a few borderline images may flip
