@@ -99,7 +99,6 @@ def test_evaluate_missing_checkpoint(tmp_path):
     assert "no such checkpoint" in result.output
 
 
-
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
     from _util import write_learnable_cifar
