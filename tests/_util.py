@@ -71,3 +71,18 @@ def printed_test_accuracy(output: str) -> float:
     import re
 
     return float(re.search(r"test accuracy\s+([\d.]+)%", output).group(1))
+
+
+def gpu_unavailable() -> str | None:
+    """Why ``--device gpu`` cannot run here (the backend's message), or None where it can.
+
+    "CuPy is installed" is not "a GPU is usable": CuPy installs on any machine, and then fails at
+    its first call to the driver. Tests of the no-GPU messages, and GPU cases, go by this instead.
+    """
+    from fastnn.backend import BackendUnavailable, get_backend
+
+    try:
+        get_backend("gpu")
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None

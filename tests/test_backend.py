@@ -1,7 +1,10 @@
 import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
+from _util import gpu_unavailable
 
 from fastnn.backend import BackendUnavailable, available_backends, get_backend
 
@@ -48,7 +51,25 @@ def test_gpu_without_cupy_is_a_clear_error():
         get_backend("gpu")
 
 
-@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_gpu_with_cupy_but_no_driver_is_a_clear_error(monkeypatch):
+    """CuPy installs on any machine (``pip install "fastnn[gpu]"`` on a laptop) and fails only at its
+    first call to the CUDA driver: that failure, whatever its type, becomes the one-line message."""
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def no_driver():
+        raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    runtime = types.SimpleNamespace(getDeviceCount=no_driver)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    message = r"^CuPy found no usable CUDA driver \(cudaErrorInsufficientDriver: .*\); use --device cpu$"
+    with pytest.raises(BackendUnavailable, match=message):
+        get_backend("gpu")
+    assert get_backend("auto").name == "numpy"
+
+
+@pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is usable here")
 def test_auto_falls_back_to_the_cpu_and_says_why():
     backend = get_backend("auto")
     assert backend.name == "numpy"

@@ -3,7 +3,7 @@
 import importlib.util
 
 import pytest
-from _util import printed_test_accuracy
+from _util import gpu_unavailable, printed_test_accuracy
 from click.testing import CliRunner
 
 from fastnn_cli.main import cli
@@ -22,9 +22,10 @@ def test_info_lists_backends():
         assert name in result.output
 
 
-@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+@pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is usable here")
 def test_info_says_why_the_gpu_backend_is_unavailable():
-    assert "unavailable: CuPy is not importable" in " ".join(run("info").output.split())
+    reason = gpu_unavailable().split(" (")[0]  # "CuPy is not importable", "CuPy found no usable CUDA driver"
+    assert f"unavailable: {reason}" in " ".join(run("info").output.split())
 
 
 @pytest.mark.parametrize(
@@ -45,11 +46,14 @@ def test_bad_training_options_exit_2(args, message):
     assert message in result.output
 
 
-@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+@pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is usable here")
 def test_gpu_without_gpu_exits_2_with_the_fix():
     result = run("train", "--device", "gpu")
     assert result.exit_code == 2
-    assert 'pip install "fastnn[gpu]"' in " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert "use --device cpu" in output
+    if not HAS_CUPY:
+        assert 'pip install "fastnn[gpu]"' in output
 
 
 def test_config_file_gives_defaults_and_options_win(tmp_path, monkeypatch):
@@ -124,8 +128,8 @@ def test_train_then_evaluate_as_a_user_would(learnable_data, tmp_path, device, o
     from fastnn.backend import get_backend
     from fastnn.checkpoint import load
 
-    if device == "gpu" and not HAS_CUPY:
-        pytest.skip("CuPy is not installed here")
+    if device == "gpu" and gpu_unavailable():
+        pytest.skip(f"no GPU backend here: {gpu_unavailable().split(';')[0]}")
     data, out = str(learnable_data), tmp_path / "run"
     common = ["--data-dir", data]
     trained = run("train", "--device", device, "--epochs", "1", "--hidden", "128", "--out", str(out), *common, *options)

@@ -1,6 +1,6 @@
 """CuPy against NumPy: the same training steps from the same host-made weights agree to float32 tolerance.
 
-Marked ``gpu``; skipped where CuPy or a GPU is missing (CPU CI deselects them with ``-m "not gpu"``).
+Marked ``gpu`` (``pytest -m gpu`` runs just these); skipped where CuPy or a GPU is missing, as in CPU CI.
 """
 
 import numpy as np
