@@ -24,7 +24,6 @@ pytestmark = [
 ]
 
 
-
 def test_short_training_reaches_45_percent_and_evaluate_reproduces_it(tmp_path):
     runner = CliRunner()
     trained = runner.invoke(cli, ["train", "--device", "cpu", "--epochs", "3", "--out", str(tmp_path)])

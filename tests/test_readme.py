@@ -1,0 +1,46 @@
+"""The README's library example runs as printed and prints the accuracies the README quotes for it.
+
+It trains 3072-512-10 for three epochs on the real CIFAR-10 (FASTNN_DATA_DIR, set by .ci/run).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = os.environ.get("FASTNN_DATA_DIR")
+pytestmark = [
+    pytest.mark.data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not DATA or not (Path(DATA) / "cifar-10-python.tar.gz").exists(),
+        reason="set FASTNN_DATA_DIR to a folder with cifar-10-python.tar.gz",
+    ),
+]
+
+
+def _library_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("## As a library", 1)[1].split("\n## ", 1)[0]
+
+
+def test_library_example_prints_the_quoted_accuracies(tmp_path):
+    section = _library_section()
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    quoted = re.search(r"printed validation\s+accuracies of ([\d.]+)%, ([\d.]+)% and ([\d.]+)%", section)
+    assert quoted, "the README no longer quotes the example's output"
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "FASTNN_DATA_DIR": DATA},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = re.findall(r"epoch (\d): validation accuracy ([\d.]+)%", done.stdout)
+    assert [int(epoch) for epoch, _ in printed] == [1, 2, 3], done.stdout
+    # the same seeds give the same numbers on this machine class (another BLAS may round sums otherwise:
+    # then rerun the example there and quote what it prints)
+    assert tuple(accuracy for _, accuracy in printed) == quoted.groups(), (done.stdout, quoted.group(0))
