@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Workload, measure, synthetic_data
+from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Workload, cpu_threads, measure, synthetic_data
 from bench.report import LoadMeter, machine_info, markdown_table, print_report
 from bench.torch_peer import TorchRunner, cuda_status, torch, torch_status
 
@@ -108,27 +108,19 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     return runners, status, gpu_name
 
 
-def _blas_threads(threads: int, console: Console):
-    """Limit NumPy's BLAS (and any OpenMP pool) to ``threads`` for the whole run."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        console.print("threadpoolctl is missing (pip install threadpoolctl): BLAS threads not limited", style="yellow")
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
     # The same matrix-product precision for both frameworks: fastnn sets CuPy's through the product's
     # own Backend.set_tf32 (FastnnRunner), PyTorch has a switch.
-    if torch is not None:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.set_num_threads(args.threads)
     sizes = [3072, *args.hidden, 10]
     workload = Workload(sizes, rows=args.rows)
-    with _blas_threads(args.threads, console):
+    with contextlib.ExitStack() as undo:
+        if torch is not None:
+            matmul = torch.backends.cuda.matmul
+            undo.callback(setattr, matmul, "allow_tf32", matmul.allow_tf32)
+            matmul.allow_tf32 = args.tf32
+        undo.enter_context(cpu_threads(args.threads, lambda message: console.print(message, style="yellow")))
         x, y = synthetic_data(args.rows, sizes[0], sizes[-1])
         runners, status, gpu_name = build_runners(args, x, y, sizes)
         del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)

@@ -22,7 +22,7 @@ import types
 
 import numpy as np
 
-from bench.harness import initial_weights, synthetic_data
+from bench.harness import cpu_threads, initial_weights, synthetic_data
 from bench.torch_peer import TorchRunner, torch
 from fastnn.backend import get_backend
 from fastnn.layers import Dense, ReLU
@@ -71,19 +71,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    try:
-        from threadpoolctl import threadpool_limits
+    with cpu_threads(args.threads):
+        _run(args)
 
-        threadpool_limits(args.threads)
-    except ImportError:
-        print("threadpoolctl is missing: BLAS threads not limited")
+
+def _run(args: argparse.Namespace) -> None:
     sizes = [3072, 1024, 512, 10]
     rows = args.steps * args.batch_size
     x, y = synthetic_data(rows, sizes[0], sizes[-1])
     weights = initial_weights(sizes)
     runs = {name: fastnn_stage(i, sizes, weights, x, y, args.batch_size) for i, name in enumerate(STAGES)}
     if torch is not None:
-        torch.set_num_threads(args.threads)
         peer = TorchRunner("cpu", x, y, sizes, 1e-3)
         peer.setup(args.batch_size, weights)
         runs = {"torch-cpu": lambda: peer.epoch(rows)[0], **runs}

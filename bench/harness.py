@@ -10,8 +10,10 @@ in machine load hits each of them alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +24,26 @@ FLOP_NOTE = (
     "GFLOP/s = 6 x parameters x images per second / 1e9: the standard estimate of a dense network's "
     "training cost (2 FLOPs per weight forward, 4 backward), ignoring biases, activations and the optimizer"
 )
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int, warn: Callable[[str], None] = print) -> Iterator[None]:
+    """Run the block with NumPy's BLAS (and any OpenMP pool) and PyTorch limited to ``threads``; both
+    limits are undone at the end, so that a benchmark run in-process (the tests) leaves the thread
+    counts, and with them the rounding of BLAS sums, as they were."""
+    from bench.torch_peer import torch
+
+    with contextlib.ExitStack() as undo:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            warn("threadpoolctl is missing (pip install threadpoolctl): BLAS threads not limited")
+        else:
+            undo.enter_context(threadpool_limits(limits=threads))
+        if torch is not None:
+            undo.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
+        yield
 
 
 class Runner(Protocol):

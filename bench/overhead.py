@@ -35,7 +35,7 @@ import fastnn.network
 import fastnn.optimizers
 import fastnn.regularizers
 import fastnn.train
-from bench.harness import initial_weights
+from bench.harness import cpu_threads, initial_weights
 from bench.torch_peer import TorchRunner, torch
 from fastnn.backend import BackendUnavailable, get_backend
 from fastnn.network import Network
@@ -79,14 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (BLAS and PyTorch)")
     args = p.parse_args(argv)
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        from threadpoolctl import threadpool_limits
+    with cpu_threads(args.threads):
+        return _run(args)
 
-        threadpool_limits(args.threads)
-    except ImportError:
-        print("threadpoolctl is missing: BLAS threads not limited")
+
+def _run(args: argparse.Namespace) -> int:
     try:
         backend = get_backend(args.device)
     except BackendUnavailable as exc:

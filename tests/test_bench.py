@@ -99,3 +99,23 @@ def test_overhead_bench_times_every_variant(capsys):
         assert row in out
     rows = [line for line in out.splitlines() if " us (" in line]
     assert len(rows) >= 3 and all(float(line.split(" us (")[0].split()[-1]) > 0 for line in rows)
+
+
+def test_benchmarks_run_in_process_leave_the_thread_counts_as_they_were(tmp_path):
+    """The benchmarks limit BLAS and PyTorch threads for their run only: a limit left behind would
+    change the thread count, and with it the rounding of BLAS sums, of every test after them."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from bench.__main__ import main as bench_main
+    from bench.overhead import main as overhead_main
+    from bench.torch_peer import torch
+
+    def counts():
+        blas = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        return blas, torch.get_num_threads() if torch is not None else None
+
+    with threadpoolctl.threadpool_limits(limits=2):
+        before = counts()
+        assert overhead_main(["--steps", "2", "--repeats", "1", "--hidden", "4", "--threads", "1"]) == 0
+        assert counts() == before
+        assert bench_main(["--quick", "--threads", "1", "--out", str(tmp_path / "b.json")]) == 0
+        assert counts() == before
