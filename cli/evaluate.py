@@ -7,7 +7,7 @@ import numpy as np
 from rich import box
 from rich.table import Column, Table
 
-from fastnn.checkpoint import CheckpointError, load
+from fastnn.checkpoint import CheckpointError, damaged, load
 from fastnn.train import TrainConfig, evaluate
 from fastnn_cli.common import console, load_split, resolve_backend
 
@@ -34,12 +34,21 @@ def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
     backend = resolve_backend(device)
     try:
         network, meta = load(model, backend)
+        try:
+            config = TrainConfig.from_dict(meta["config"])
+            saved_mean, saved_std = (np.asarray(meta["normalization"][k], dtype=np.float64) for k in ("mean", "std"))
+            trained = (meta.get("results") or {}).get("test_accuracy")
+            trained = None if trained is None else float(trained)
+            names = [str(n) for n in meta.get("class_names") or range(network.n_classes)]
+            if len(names) != network.n_classes:
+                raise ValueError(f"{len(names)} class names for {network.n_classes} classes")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise damaged(model, exc) from exc
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
-    config = TrainConfig.from_dict(meta["config"])
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
-    saved = meta["normalization"]
-    if not (np.allclose(split.mean, saved["mean"]) and np.allclose(split.std, saved["std"])):
+    same_statistics = saved_mean.shape == split.mean.shape and saved_std.shape == split.std.shape
+    if not (same_statistics and np.allclose(split.mean, saved_mean) and np.allclose(split.std, saved_std)):
         raise click.ClickException(
             f"{model}: the data's channel statistics differ from those the model was trained with; "
             "point --data-dir at the CIFAR-10 copy used for training"
@@ -50,7 +59,6 @@ def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
     loss, accuracy, predicted = evaluate(network, x_test, y_test, return_predictions=True)
     predicted = backend.to_numpy(predicted)
     counts = confusion_matrix(split.y_test, predicted, network.n_classes)
-    names = meta.get("class_names") or [str(i) for i in range(network.n_classes)]
 
     columns = [Column(n[:5], justify="right", min_width=5, no_wrap=True) for n in names]
     table = Table(
@@ -66,6 +74,5 @@ def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
         row_accuracy = counts[i, i] / max(counts[i].sum(), 1)
         table.add_row(name[:5], *[str(c) for c in counts[i]], f"{row_accuracy:.0%}")
     console.print(table)
-    trained = (meta.get("results") or {}).get("test_accuracy")
     note = "" if trained is None else f" (train reported {trained:.2%})"
     console.print(f"test accuracy [bold]{accuracy:.2%}[/bold]{note}, test loss {loss:.4f}, on {backend.describe()}")

@@ -26,6 +26,14 @@ class CheckpointError(Exception):
     """A checkpoint cannot be read; the message names the file and the fix."""
 
 
+def damaged(path: str | os.PathLike, exc: Exception) -> CheckpointError:
+    """The error for a checkpoint whose metadata lacks a field or holds a value of the wrong kind."""
+    return CheckpointError(
+        f"{path}: a fastnn checkpoint with damaged metadata ({type(exc).__name__}: {exc}); "
+        "train again to write a new one"
+    )
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -61,25 +69,35 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass the model.npz that `fastnn train --out DIR` wrote")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
+            raise ValueError("one bare array, not an .npz archive")
+        with archive:
             meta = json.loads(str(archive["meta"]))
             params = {key.removeprefix("param/"): archive[key] for key in archive.files if key.startswith("param/")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise CheckpointError(
             f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}); train again to write a new one"
         ) from exc
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}; expected {FORMAT}")
-    arch = meta["architecture"]
-    network = Network(
-        arch["sizes"],
-        arch["activation"],
-        backend=backend,
-        init=arch["init"],
-        dropout=arch["dropout"],
-        l2=arch["l2"],
-        dtype=meta.get("config", {}).get("dtype", "float32"),
-    )
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {found!r}, expected {FORMAT}; "
+            "pass a model.npz that `fastnn train` wrote"
+        )
+    try:
+        arch = meta["architecture"]
+        network = Network(
+            arch["sizes"],
+            arch["activation"],
+            backend=backend,
+            init=arch["init"],
+            dropout=arch["dropout"],
+            l2=arch["l2"],
+            dtype=meta.get("config", {}).get("dtype", "float32"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise damaged(path, exc) from exc
     try:
         network.load_state_dict(params)
     except ValueError as exc:

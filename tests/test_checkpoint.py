@@ -34,6 +34,41 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
         load(tmp_path / "other.npz", cpu)
 
 
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda path: path.write_bytes(b""), "not a readable fastnn checkpoint"),  # numpy: EOFError
+        (lambda path: np.save(path.with_suffix(".npy"), np.zeros(3)) or path.with_suffix(".npy").rename(path),
+         "not a readable fastnn checkpoint"),
+        (lambda path: np.savez(path, meta=np.array("[1, 2]")), "unknown checkpoint format 'list'"),
+        (lambda path: np.savez(path, meta=np.array('{"format": "fastnn-checkpoint-1"}')),
+         "damaged metadata \\(KeyError: 'architecture'\\)"),
+    ],
+    ids=["empty", "npy", "meta-not-a-dict", "no-architecture"],
+)
+def test_broken_checkpoints_are_one_line_errors(tmp_path, write, message):
+    from fastnn.backend import get_backend
+
+    path = tmp_path / "model.npz"
+    write(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load(path, get_backend("cpu"))
+    assert "\n" not in str(info.value) and ("train again" in str(info.value) or "fastnn train" in str(info.value))
+
+
+def test_unknown_activation_in_a_checkpoint_is_a_one_line_error(tmp_path):
+    from fastnn.backend import get_backend
+
+    net = Network([4, 3, 2], "relu", backend=get_backend("cpu"), seed=0)
+    save(tmp_path / "m.npz", net, {})
+    with np.load(tmp_path / "m.npz") as archive:
+        arrays = dict(archive)
+    arrays["meta"] = np.array(str(arrays["meta"]).replace('"relu"', '"foo"'))
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.raises(CheckpointError, match="damaged metadata \\(ValueError: unknown activation 'foo'"):
+        load(tmp_path / "m.npz", get_backend("cpu"))
+
+
 def test_interrupted_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
     target = tmp_path / "model.npz"
     write_atomic(target, b"old")

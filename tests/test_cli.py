@@ -103,6 +103,43 @@ def test_evaluate_missing_checkpoint(tmp_path):
     assert "no such checkpoint" in result.output
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda meta: meta.pop("config"),
+        lambda meta: meta["config"].update(bogus=1),
+        lambda meta: meta.pop("normalization"),
+        lambda meta: meta["results"].update(test_accuracy="x"),
+        lambda meta: meta.update(class_names=["a", "b"]),
+    ],
+    ids=["no-config", "unknown-setting", "no-normalization", "accuracy-not-a-number", "class-names"],
+)
+def test_evaluate_checkpoint_with_damaged_metadata_is_a_one_line_error(tmp_path, change):
+    import json
+
+    import numpy as np
+
+    from fastnn.backend import get_backend
+    from fastnn.checkpoint import save
+    from fastnn.network import Network
+    from fastnn.train import TrainConfig
+
+    meta = {
+        "config": TrainConfig(hidden=(3,)).to_dict(),
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+        "results": {"test_accuracy": 0.5},
+        "class_names": [str(i) for i in range(10)],
+    }
+    change(meta)
+    path = tmp_path / "model.npz"
+    save(path, Network([3072, 3, 10], "relu", backend=get_backend("cpu"), seed=0), meta)
+    assert "meta" in np.load(path).files and json.loads(str(np.load(path)["meta"]))["format"]
+    result = run("evaluate", str(path), "--device", "cpu", "--data-dir", str(tmp_path / "no-data"))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {path}: a fastnn checkpoint with damaged metadata (")
+    assert result.output.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
     from _util import write_learnable_cifar
