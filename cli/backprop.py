@@ -1,5 +1,6 @@
 """``fastnn backprop``: the trace of one backpropagation step through a small sigmoid network (task 1)."""
 
+import io
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fastnn.backprop import (
     render_text,
     trace,
 )
+from fastnn.checkpoint import write_atomic
 
 
 class BadInput(click.ClickException):
@@ -31,7 +33,7 @@ def _write(text: str, out: Path | None) -> None:
         click.echo(text, nl=False)
         return
     try:
-        out.write_text(text, encoding="utf-8")
+        write_atomic(out, text.encode("utf-8"))  # whole, or the old file untouched
     except OSError as err:
         raise BadInput(f"cannot write --out {out}: {err.strerror or err}") from None
 
@@ -80,6 +82,8 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
       fastnn backprop net.json --format markdown --out trace.md
     """
     if example:
+        if file is not None or fmt != "text":
+            raise BadInput("--example prints an example problem file and nothing else; drop FILE and --format with it")
         _write(dump_problem(example_problem(hidden)), out)
         return
     if file is None:
@@ -104,8 +108,6 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
     elif out is None:
         render_text(result, weight, Console(), digits)
     else:
-        try:
-            with out.open("w", encoding="utf-8") as handle:
-                render_text(result, weight, Console(file=handle, width=120), digits)
-        except OSError as err:
-            raise BadInput(f"cannot write --out {out}: {err.strerror or err}") from None
+        text = io.StringIO()
+        render_text(result, weight, Console(file=text, width=120), digits)
+        _write(text.getvalue(), out)

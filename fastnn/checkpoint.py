@@ -7,6 +7,7 @@ a temporary name in the same folder and renamed, so an interruption never leaves
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -36,7 +37,30 @@ def damaged(path: str | os.PathLike, exc: Exception) -> CheckpointError:
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
+    write_atomic_set({path: data})
+
+
+def write_atomic_set(files: dict[str | os.PathLike, bytes]) -> None:
+    """Write several files as a set: each goes to a temporary file beside it first, and only when
+    all are written whole are they renamed into place. A failure before that (a full disk, a folder
+    in the way) leaves every old file as it was and no temporary file behind."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(path))
+            staged.append((_stage(path, data), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """``data`` in a new temporary file beside ``path``, flushed to disk; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     umask = os.umask(0)
@@ -47,10 +71,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> None:

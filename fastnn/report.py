@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from fastnn.checkpoint import write_atomic
+from fastnn.checkpoint import write_atomic_set
 from fastnn.experiments import Arm, ExperimentResult, Study, schedule_text
 from fastnn.train import TrainConfig
 
@@ -450,7 +450,8 @@ def results_json(result: ExperimentResult) -> dict[str, Any]:
 def write_report(result: ExperimentResult, out_dir: str | Path) -> dict[str, Path]:
     """Write report.md, curves.png, report.pdf and results.json into ``out_dir``; returns their paths.
 
-    Everything is rendered before the first file is written, and each file is written atomically.
+    Everything is rendered before the first file is written, and the four are written as a set
+    (``checkpoint.write_atomic_set``): all new or, on a failure, all as they were.
     Raises ReportError when matplotlib is missing.
     """
     require_matplotlib()
@@ -461,8 +462,6 @@ def write_report(result: ExperimentResult, out_dir: str | Path) -> dict[str, Pat
         "report.pdf": pdf_bytes(result),
         "results.json": json.dumps(results_json(result), indent=1, allow_nan=False).encode(),
     }
-    paths = {}
-    for name, data in payloads.items():
-        write_atomic(out / name, data)
-        paths[name] = out / name
+    paths = {name: out / name for name in payloads}
+    write_atomic_set({paths[name]: data for name, data in payloads.items()})
     return paths

@@ -249,6 +249,32 @@ def test_text_to_a_file_and_json_from_stdin(tmp_path):
     assert "Chain rule for w^1_{1,1}" in out.read_text()
 
 
+def test_a_failed_write_keeps_the_old_out_file(tmp_path, monkeypatch):
+    import os
+
+    net, out = tmp_path / "net.json", tmp_path / "trace.md"
+    net.write_text(json.dumps(MAZUR))
+    out.write_text("an earlier trace")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    for fmt in ("markdown", "text"):
+        result = run(str(net), "--format", fmt, "--out", str(out))
+        assert result.exit_code == 2
+        assert result.output == f"Error: cannot write --out {out}: No space left on device\n"
+        assert out.read_text() == "an earlier trace"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_example_refuses_options_it_would_ignore(tmp_path):
+    for args in (["--example", "--format", "latex"], ["--example", str(tmp_path / "net.json")]):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert "--example prints an example problem file and nothing else" in result.output
+
+
 def good():
     return json.loads(json.dumps(MAZUR))
 
