@@ -6,13 +6,15 @@ the base config comes from the training options or ``--config`` TOML, as for ``f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.markup import escape
 
 from fastnn.experiments import ExperimentError, ExperimentSettings, Reporter, RunRecord, quick, run_experiments
 from fastnn.report import ReportError, require_matplotlib, write_report
 from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
-from fastnn_cli.train import config_from_options, training_options
+from fastnn_cli.train import FiniteRange, check_out_dir, check_split_sizes, config_from_options, training_options
 
 SETTINGS = ExperimentSettings()
 
@@ -23,8 +25,8 @@ class FloatList(click.ParamType):
     name = "LRS"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (list, tuple)):
-            return tuple(float(v) for v in value)
+        if isinstance(value, (list, tuple)):  # from a TOML config, or the default
+            value = ",".join(str(v) for v in value)
         try:
             values = tuple(float(part) for part in str(value).split(",") if part.strip())
         except ValueError:
@@ -112,14 +114,14 @@ class ConsoleReporter(Reporter):
 )
 @click.option(
     "--l2-study",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=SETTINGS.l2_study,
     show_default=True,
     help="L2 lambda of the 'with L2' run when the base has --l2 0.",
 )
 @click.option(
     "--decay-study",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=SETTINGS.decay_study,
     show_default=True,
     help="k of the 'with schedule' run (exp) when the base has --schedule none.",
@@ -144,8 +146,10 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
         require_matplotlib()  # before hours of training, not after
     except (ValueError, ReportError) as exc:
         raise click.UsageError(str(exc)) from exc
+    check_split_sizes(base.validation, base.subset)
     backend = resolve_backend(base.device)
     note_ignored_options(base, backend)
+    check_out_dir(Path(out_dir))
     split = load_split(data_dir, base.validation, base.split_seed, base.subset)
     warning = " [bold red](quick run: not for conclusions)[/bold red]" if settings.quick else ""
     console.print(
@@ -157,4 +161,9 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
         paths = write_report(result, out_dir)
     except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the disk filled, or a folder is in the way of a file
+        raise click.ClickException(
+            f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}; finished runs are kept in {out_dir}, "
+            "so running the same command again after fixing this resumes"
+        ) from exc
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
-from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
+from fastnn_cli.common import (
+    TrainingDisplay,
+    console,
+    err_console,
+    load_split,
+    note_ignored_options,
+    resolve_backend,
+)
 
 DEFAULTS = TrainConfig()
 
@@ -30,6 +40,80 @@ class SizeList(click.ParamType):
         return sizes
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, refusing nan and inf too (nan passes every comparison of a plain range)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+CIFAR10_TRAIN_IMAGES = 50_000  # the official training set; --validation and --subset are parts of it
+
+
+def check_split_sizes(validation: int, subset: int | None) -> None:
+    """Refuse --validation and --subset values that CIFAR-10 cannot give, before any data is loaded."""
+    if validation >= CIFAR10_TRAIN_IMAGES:
+        raise click.BadParameter(
+            f"{validation} leaves no training images; CIFAR-10 has {CIFAR10_TRAIN_IMAGES:,} (default 5000)",
+            param_hint="'--validation'",
+        )
+    if subset is not None and subset > CIFAR10_TRAIN_IMAGES - validation:
+        raise click.BadParameter(
+            f"{subset} is more than the {CIFAR10_TRAIN_IMAGES - validation:,} training images left after "
+            f"--validation {validation}",
+            param_hint="'--subset'",
+        )
+
+
+def check_out_dir(path: Path) -> None:
+    """Make the output folder and make sure files can be written there, before any data is loaded or
+    any epoch is trained: a wrong --out is a usage error at once, not a traceback after an epoch."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.BadParameter(f"cannot write to {path}: {reason}", param_hint="'--out'") from exc
+
+
+def _config_names(command: click.Command) -> dict[str, click.Parameter]:
+    """TOML keys a config file may use: each option's long name without dashes (``batch_size``,
+    ``out``), and the name it has in the code (``out_dir``); dashes may be underscores."""
+    names = {}
+    for option in command.params:
+        if option.name == "config" or not isinstance(option, click.Option):
+            continue
+        names[option.name] = option
+        for flag in option.opts:
+            if flag.startswith("--"):
+                names[flag[2:].replace("-", "_")] = option
+    return names
+
+
+def _config_value_problem(ctx: click.Context, option: click.Option, value) -> str | None:
+    """Why a TOML value does not suit ``option`` (None when it does): click converts defaults as it
+    does typed text, which lets ``1.7`` through as the integer 1 and fails with a traceback on lists
+    where a number belongs."""
+    if option.is_flag:
+        return None if isinstance(value, bool) else "must be true or false"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(option.type, click.types.IntParamType) and not (number and isinstance(value, int)):
+        return "must be a whole number"
+    if isinstance(option.type, click.types.FloatParamType) and not number:
+        return "must be a number"
+    try:
+        option.type_cast_value(ctx, value)
+    except click.BadParameter as exc:
+        return exc.message
+    except (TypeError, ValueError, AttributeError):
+        return f"not a value for --{option.name.replace('_', '-')}"
+    return None
+
+
 def load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """Read a TOML file of option values into the defaults, so that command-line options win."""
     if not path:
@@ -44,11 +128,20 @@ def load_config_file(ctx: click.Context, param: click.Parameter, path: str | Non
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", ctx=ctx, param=param) from exc
     values = values.get("train", values)
-    known = {p.name for p in ctx.command.params}
-    unknown = sorted(k for k in (key.replace("-", "_") for key in values) if k not in known)
+    if not isinstance(values, dict):
+        raise click.BadParameter(f"{path}: [train] must be a table of option values", ctx=ctx, param=param)
+    names = _config_names(ctx.command)
+    unknown = sorted(key for key in values if key.replace("-", "_") not in names)
     if unknown:
         raise click.BadParameter(f"{path}: unknown setting(s) {', '.join(unknown)}", ctx=ctx, param=param)
-    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in values.items()}}
+    defaults = {}
+    for key, value in values.items():
+        option = names[key.replace("-", "_")]
+        problem = _config_value_problem(ctx, option, value)
+        if problem:
+            raise click.BadParameter(f"{path}: {key} = {value!r}: {problem}", ctx=ctx, param=param)
+        defaults[option.name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
 
 
@@ -78,14 +171,14 @@ def training_options(command):
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=DEFAULTS.optimizer, show_default=True),
         click.option(
             "--lr",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteRange(min=0, min_open=True),
             default=DEFAULTS.lr,
             show_default=True,
             help="Initial learning rate.",
         ),
         click.option(
             "--momentum",
-            type=click.FloatRange(0, 1, max_open=True),
+            type=FiniteRange(0, 1, max_open=True),
             default=DEFAULTS.momentum,
             show_default=True,
             help="SGD momentum (0 for plain SGD).",
@@ -93,7 +186,7 @@ def training_options(command):
         click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True),
         click.option(
             "--l2",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=DEFAULTS.l2,
             show_default=True,
             help="L2 strength lambda: adds lambda/2 * ||W||^2 to the loss.",
@@ -107,7 +200,7 @@ def training_options(command):
         ),
         click.option(
             "--decay",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=DEFAULTS.decay,
             show_default=True,
             help="k of the exponential schedule.",
@@ -121,7 +214,7 @@ def training_options(command):
         ),
         click.option(
             "--gamma",
-            type=click.FloatRange(0, 1, min_open=True),
+            type=FiniteRange(0, 1, min_open=True),
             default=DEFAULTS.gamma,
             show_default=True,
             help="Factor of each drop of the step schedule.",
@@ -137,7 +230,7 @@ def training_options(command):
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
         click.option(
             "--dropout",
-            type=click.FloatRange(0, 1, max_open=True),
+            type=FiniteRange(0, 1, max_open=True),
             default=DEFAULTS.dropout,
             show_default=True,
             help="Dropout probability after each hidden layer.",
@@ -146,7 +239,7 @@ def training_options(command):
             "--augment/--no-augment",
             default=DEFAULTS.augment,
             show_default=True,
-            help="Random flips and crops of the training images, on the device.",
+            help="Random flips and shifts of the training images, on the device.",
         ),
         click.option(
             "--shift",
@@ -223,16 +316,26 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
     config = config_from_options(options)
     backend = resolve_backend(config.device)
     note_ignored_options(config, backend)
+    check_split_sizes(config.validation, config.subset)
     out = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    check_out_dir(out)
+    if (out / "model.npz").exists():
+        err_console.print(f"[yellow]note:[/yellow] this run replaces {escape(str(out / 'model.npz'))}")
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
-    hidden = "-".join(map(str, config.hidden))
+    layers = "-".join(map(str, (3072, *config.hidden, 10)))
     console.print(
-        f"training 3072-{hidden}-10 ({config.activation}) on {backend.describe()}: "
+        f"training {layers} ({config.activation}) on {backend.describe()}: "
         f"{config.optimizer} lr {config.lr:g}, "
         f"schedule {config.schedule}, l2 {config.l2:g}, dropout {config.dropout:g}, batch {config.batch_size}, "
         f"{config.epochs} epochs, {len(split.y_train)} train / {len(split.y_val)} val images"
         + (", TF32 products" if config.tf32 and backend.name == "cupy" else "")
     )
+    finished = []  # epochs whose checkpoint is written
+
+    def epoch_end(record, network):
+        finished.append(record.epoch)
+        display.epoch_end(record, network)
+
     with TrainingDisplay(config.epochs) as display:
         try:
             result = run_training(
@@ -240,12 +343,17 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
                 split,
                 backend,
                 str(out),
-                on_epoch=display.epoch_end,
+                on_epoch=epoch_end,
                 on_batch=display.batch,
                 on_epoch_start=display.epoch_start,
             )
         except NonFiniteLoss as exc:
-            raise click.ClickException(f"{exc}. The last good epoch is saved in {out / 'model.npz'}") from exc
+            saved = (
+                f"the last good epoch ({finished[-1]}) is saved in {out / 'model.npz'}"
+                if finished
+                else "no epoch finished, so nothing was saved"
+            )
+            raise click.ClickException(f"{exc}; {saved}") from exc
         except ValueError as exc:  # settings that do not fit the data, e.g. augmentation of non-images
             raise click.ClickException(str(exc)) from exc
     console.print(

@@ -85,6 +85,84 @@ def test_config_file_with_unknown_key_exits_2(tmp_path):
     assert "unknown setting(s) learning_rate" in result.output
 
 
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("epochs = [1, 2]", "epochs = [1, 2]: must be a whole number"),
+        ("seed = 1.7", "seed = 1.7: must be a whole number"),  # not truncated to 1
+        ("[train]\nlr = {a = 1}", "lr = {'a': 1}: must be a number"),
+        ("augment = 3", "augment = 3: must be true or false"),
+        ("train = 5", "[train] must be a table"),
+        ("hidden = [64, 0]", "hidden = [64, 0]: layer sizes must be positive"),
+        ("config = 'other.toml'", "unknown setting(s) config"),
+    ],
+)
+def test_config_values_of_the_wrong_kind_exit_2(tmp_path, toml, message):
+    config = tmp_path / "run.toml"
+    config.write_text(toml + "\n")
+    result = run("train", "--config", str(config))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--config': {config}: {message}" in " ".join(result.output.split())
+
+
+def test_config_file_names_the_output_folder_as_the_option_does(tmp_path, monkeypatch):
+    import fastnn_cli.train as train_module
+
+    def stop(*args):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "load_split", stop)
+    config = tmp_path / "run.toml"
+    config.write_text(f"out = '{tmp_path / 'from-config'}'\n")
+    assert run("train", "--config", str(config), "--device", "cpu").exit_code == 0
+    assert (tmp_path / "from-config").is_dir()  # made (and checked) before the data is loaded
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "nan"], "Invalid value for '--lr': nan is not a finite number"),
+        (["--l2", "inf"], "Invalid value for '--l2': inf is not a finite number"),
+        (["--validation", "50000"], "Invalid value for '--validation': 50000 leaves no training images"),
+        (["--subset", "45001"], "Invalid value for '--subset': 45001 is more than the 45,000 training images"),
+    ],
+)
+def test_values_cifar10_cannot_take_exit_2_before_the_data_is_loaded(tmp_path, args, message):
+    result = run("train", "--device", "cpu", "--data-dir", str(tmp_path / "no-data"), *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["train", "experiments"])
+def test_an_out_folder_that_cannot_be_written_exits_2_before_the_data_is_loaded(tmp_path, command):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    result = run(command, "--device", "cpu", "--data-dir", str(tmp_path / "no-data"), "--out", str(out))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--out': cannot write to {out}: Not a directory" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("epochs_done", [0, 2])
+def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, epochs_done):
+    import fastnn_cli.train as train_module
+    from fastnn.train import EpochRecord, NonFiniteLoss
+
+    def diverge(config, split, backend, out_dir, on_epoch, **callbacks):
+        for epoch in range(1, epochs_done + 1):
+            on_epoch(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        raise NonFiniteLoss(f"the training loss became nan in epoch {epochs_done + 1}")
+
+    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
+    monkeypatch.setattr(train_module, "run_training", diverge)
+    result = run("train", "--device", "cpu", "--epochs", "5", "--out", str(tmp_path))
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    if epochs_done:
+        assert f"the last good epoch (2) is saved in {tmp_path / 'model.npz'}" in said
+    else:
+        assert "no epoch finished, so nothing was saved" in said and "model.npz" not in said
+
+
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
     import fastnn.data.cifar10 as cifar10
 
