@@ -356,6 +356,9 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
             raise click.ClickException(f"{exc}; {saved}") from exc
         except ValueError as exc:  # settings that do not fit the data, e.g. augmentation of non-images
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # the disk filled up under a checkpoint, which is written whole or not at all
+            kept = f"the checkpoint of epoch {finished[-1]} is kept" if finished else "nothing was saved"
+            raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}; {kept}") from exc
     console.print(
         f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
         f"after {len(result.history)} epochs in {result.seconds:.0f}s; wrote {out / 'model.npz'} and "

@@ -163,6 +163,20 @@ def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, e
         assert "no epoch finished, so nothing was saved" in said and "model.npz" not in said
 
 
+def test_a_full_disk_during_training_is_a_one_line_error(tmp_path, monkeypatch):
+    import fastnn_cli.train as train_module
+
+    def disk_full(config, split, backend, out_dir, on_epoch, **callbacks):
+        raise OSError(28, "No space left on device", str(tmp_path / ".model.npz.x.part"))
+
+    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
+    monkeypatch.setattr(train_module, "run_training", disk_full)
+    result = run("train", "--device", "cpu", "--out", str(tmp_path))
+    assert result.exit_code == 1
+    last = result.output.splitlines()[-1]
+    assert last == f"Error: cannot write to {tmp_path}: No space left on device; nothing was saved"
+
+
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
     import fastnn.data.cifar10 as cifar10
 
