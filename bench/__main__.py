@@ -7,17 +7,23 @@ import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
-from bench.harness import EPOCH_IMAGES, FLOP_NOTE, Workload, cpu_threads, measure, synthetic_data
+from bench.harness import (
+    EPOCH_IMAGES,
+    FLOP_NOTE,
+    Workload,
+    cpu_threads,
+    measure,
+    positive_int,
+    positive_ints,
+    synthetic_data,
+    writable_file,
+)
 from bench.report import LoadMeter, machine_info, markdown_table, print_report
 from bench.torch_peer import TorchRunner, cuda_status, torch, torch_status
-
-
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+from fastnn.checkpoint import write_atomic
 
 
 def _usable_cores() -> int:
@@ -34,16 +40,19 @@ def _adam_kinds(text: str) -> list[str]:
     return kinds
 
 
+RUNNER_LABELS = ("fastnn-numpy", "torch-cpu", "fastnn-cupy", "torch-cuda")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--hidden", type=_ints, default=[1024, 512], help="hidden widths, e.g. 1024,512")
-    p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="e.g. 256,1024")
-    p.add_argument("--epochs", type=int, default=5, help="timed epochs per run, after one warm-up epoch")
-    p.add_argument("--steps", type=int, default=None, help="time this many batches and scale to an epoch")
-    p.add_argument("--rows", type=int, default=EPOCH_IMAGES, help="rows of synthetic data")
+    p.add_argument("--hidden", type=positive_ints, default=[1024, 512], help="hidden widths, e.g. 1024,512")
+    p.add_argument("--batch-sizes", type=positive_ints, default=[256, 1024], help="e.g. 256,1024")
+    p.add_argument("--epochs", type=positive_int, default=5, help="timed epochs per run, after one warm-up epoch")
+    p.add_argument("--steps", type=positive_int, default=None, help="time this many batches and scale to an epoch")
+    p.add_argument("--rows", type=positive_int, default=EPOCH_IMAGES, help="rows of synthetic data")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=_usable_cores(),
         help="CPU threads for NumPy's BLAS and for torch (default: all cores this process may use)",
     )
@@ -60,12 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="TF32 matrix products on the GPU, both frameworks (inputs rounded to 10 mantissa bits; off by default)",
     )
-    p.add_argument("--out", type=Path, default=None, help="write every number to this JSON file")
-    p.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown to this file")
+    p.add_argument("--out", type=writable_file, default=None, help="write every number to this JSON file")
+    p.add_argument("--markdown", type=writable_file, default=None, help="write the table as Markdown to this file")
     p.add_argument("--quick", action="store_true", help="a few steps on little data: checks that all runs work")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.steps, args.rows = 1, 2, 2 * max(args.batch_sizes)
+    if args.rows < max(args.batch_sizes):
+        p.error(f"--rows {args.rows} is less than one batch of {max(args.batch_sizes)}")
+    if args.only is not None:
+        unknown = set(args.only.split(",")) - set(RUNNER_LABELS)
+        if unknown:
+            p.error(f"--only: unknown runner(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNNER_LABELS)}")
     return args
 
 
@@ -124,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         x, y = synthetic_data(args.rows, sizes[0], sizes[-1])
         runners, status, gpu_name = build_runners(args, x, y, sizes)
         del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)
+        if not runners:
+            reasons = "; ".join(f"{label}: {why}" for label, why in status.items())
+            console.print(f"python -m bench: nothing to time here ({reasons})", style="red", soft_wrap=True)
+            return 2
         info = machine_info(args.threads, gpu_name)
         load = LoadMeter()
         results = []
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         info["load_during_run"] = load.result()
     print_report(console, results, info, status)
     if args.markdown:
-        args.markdown.write_text(markdown_table(results))
+        write_atomic(args.markdown, markdown_table(results).encode())
     if args.out:
         document = {
             "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -166,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        write_atomic(args.out, (json.dumps(document, indent=2) + "\n").encode())
         console.print(f"wrote {args.out}")
     return 0
 

@@ -22,7 +22,7 @@ import types
 
 import numpy as np
 
-from bench.harness import cpu_threads, initial_weights, synthetic_data
+from bench.harness import cpu_threads, initial_weights, positive_int, synthetic_data
 from bench.torch_peer import TorchRunner, torch
 from fastnn.backend import get_backend
 from fastnn.layers import Dense, ReLU
@@ -66,10 +66,10 @@ def fastnn_stage(stage: int, sizes, weights, x, y, batch_size):
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.ablation", description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20, help="batches per timed run")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--steps", type=positive_int, default=20, help="batches per timed run")
+    p.add_argument("--repeats", type=positive_int, default=7)
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args()
     with cpu_threads(args.threads):
         _run(args)

@@ -10,11 +10,14 @@ in machine load hits each of them alike.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
+import os
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +27,38 @@ FLOP_NOTE = (
     "GFLOP/s = 6 x parameters x images per second / 1e9: the standard estimate of a dense network's "
     "training cost (2 FLOPs per weight forward, 4 backward), ignoring biases, activations and the optimizer"
 )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (batch sizes, steps, repeats, threads, widths)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of whole numbers of at least 1, e.g. ``1024,512``."""
+    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no number")
+    return values
+
+
+def writable_file(text: str) -> Path:
+    """An argparse type: a file that can be written (its folder exists, it is no folder itself),
+    checked before minutes of benchmarking rather than after."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is not a folder; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path.parent} is not writable")
+    return path
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ import fastnn.network
 import fastnn.optimizers
 import fastnn.regularizers
 import fastnn.train
-from bench.harness import cpu_threads, initial_weights
+from bench.harness import cpu_threads, initial_weights, positive_int, positive_ints
 from bench.torch_peer import TorchRunner, torch
 from fastnn.backend import BackendUnavailable, get_backend
 from fastnn.network import Network
@@ -73,11 +73,13 @@ def fastnn_loop(backend, sizes, weights, x, y, batch_size: int, gather: int, cac
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--hidden", default="8,8", help="hidden sizes; the input is 3072 (images, for augmentation)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=1000, help="batches per timed run")
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (BLAS and PyTorch)")
+    p.add_argument(
+        "--hidden", type=positive_ints, default=[8, 8], help="hidden sizes; the input is 3072 (images)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=1000, help="batches per timed run")
+    p.add_argument("--repeats", type=positive_int, default=9)
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (BLAS and PyTorch)")
     args = p.parse_args(argv)
     with cpu_threads(args.threads):
         return _run(args)
@@ -89,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     except BackendUnavailable as exc:
         print(f"python -m bench.overhead: {exc}")
         return 2
-    sizes = [3072, *(int(h) for h in args.hidden.split(",")), 10]
+    sizes = [3072, *args.hidden, 10]
     rows = args.steps * args.batch_size
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, sizes[0])).astype(np.float32)

@@ -18,13 +18,13 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench.harness import positive_int, writable_file
 from fastnn.backend import get_backend
 from fastnn.checkpoint import write_atomic
-from fastnn.data import load_cifar10, prepare
+from fastnn.data import DataError, load_cifar10, prepare
 from fastnn.layers import Dense
 from fastnn.train import TrainConfig, Trainer, evaluate
 
@@ -74,15 +74,24 @@ def train_once(config: TrainConfig, split, emulate_tf32: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tf32_effect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; each trains both precisions")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="bench/results/tf32-emulated-cpu.json")
+    parser.add_argument(
+        "--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated seeds; each trains both precisions"
+    )
+    parser.add_argument("--epochs", type=positive_int, default=TrainConfig().epochs)
+    parser.add_argument("--data-dir", default=None, help="folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR]")
+    parser.add_argument(
+        "--out", type=writable_file, default=None, help="write the runs to this JSON file (the committed result: "
+        "bench/results/tf32-emulated-cpu.json)"
+    )
     args = parser.parse_args(argv)
-    split = prepare(load_cifar10(args.data_dir))
+    try:
+        split = prepare(load_cifar10(args.data_dir))
+    except DataError as exc:
+        print(f"python -m bench.tf32_effect: {exc}", file=sys.stderr)
+        return 2
     base = TrainConfig(device="cpu", epochs=args.epochs)
     runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         for emulate in (False, True):
             run = train_once(dataclasses.replace(base, seed=seed), split, emulate)
             runs.append(run)
@@ -99,9 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": summary,
     }
-    write_atomic(Path(args.out), json.dumps(report, indent=2).encode())
-    print(f"wrote {args.out}")
+    if args.out:
+        write_atomic(args.out, json.dumps(report, indent=2).encode())
+        print(f"wrote {args.out}")
     return 0
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: comma-separated seeds, whole numbers of 0 or more."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more seeds of 0 or more")
+    return seeds
 
 
 if __name__ == "__main__":

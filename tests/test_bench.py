@@ -119,3 +119,23 @@ def test_benchmarks_run_in_process_leave_the_thread_counts_as_they_were(tmp_path
         assert counts() == before
         assert bench_main(["--quick", "--threads", "1", "--out", str(tmp_path / "b.json")]) == 0
         assert counts() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "0"], "argument --batch-sizes: 0 must be at least 1"),
+        (["--hidden", "1024,x"], "argument --hidden: 'x' is not a whole number"),
+        (["--steps", "-1"], "argument --steps: -1 must be at least 1"),
+        (["--only", "bogus"], "--only: unknown runner(s) bogus; choose from fastnn-numpy"),
+        (["--out", "."], "argument --out: . is a folder; name a file in it"),
+        (["--rows", "100", "--batch-sizes", "256"], "--rows 100 is less than one batch of 256"),
+    ],
+)
+def test_bad_benchmark_options_are_refused_before_any_timing(capsys, args, message):
+    from bench.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
