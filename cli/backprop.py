@@ -100,7 +100,10 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
     except ProblemError as err:
         raise BadInput(f"--weight: {err}") from None
 
-    result = trace(problem)
+    try:
+        result = trace(problem)
+    except ProblemError as err:
+        raise BadInput(str(err)) from None
     if fmt == "markdown":
         _write(render_markdown(result, weight, digits), out)
     elif fmt == "latex":

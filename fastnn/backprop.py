@@ -310,20 +310,27 @@ def trace(problem: Problem) -> Trace:
     layers = dict(enumerate(problem.layers, start=1))
     depth = len(layers)
     z, a = {}, {0: problem.x}
-    for ell, layer in layers.items():
-        z[ell] = layer.weights @ a[ell - 1] + layer.biases
-        a[ell] = sigmoid(z[ell])
-    y, t = a[depth], problem.target
-    loss_value = float(0.5 * np.sum((y - t) ** 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, with a message of our own
+        for ell, layer in layers.items():
+            z[ell] = layer.weights @ a[ell - 1] + layer.biases
+            a[ell] = sigmoid(z[ell])
+        y, t = a[depth], problem.target
+        loss_value = float(0.5 * np.sum((y - t) ** 2))
 
-    delta = {depth: (y - t) * y * (1.0 - y)}
-    for ell in range(depth - 1, 0, -1):
-        delta[ell] = (layers[ell + 1].weights.T @ delta[ell + 1]) * a[ell] * (1.0 - a[ell])
-    grad_w = {ell: np.outer(delta[ell], a[ell - 1]) for ell in layers}
-    grad_b = {ell: delta[ell].copy() for ell in layers}
-    eta = problem.learning_rate
-    new_w = {ell: layer.weights - eta * grad_w[ell] for ell, layer in layers.items()}
-    new_b = {ell: layer.biases - eta * grad_b[ell] for ell, layer in layers.items()}
+        delta = {depth: (y - t) * y * (1.0 - y)}
+        for ell in range(depth - 1, 0, -1):
+            delta[ell] = (layers[ell + 1].weights.T @ delta[ell + 1]) * a[ell] * (1.0 - a[ell])
+        grad_w = {ell: np.outer(delta[ell], a[ell - 1]) for ell in layers}
+        grad_b = {ell: delta[ell].copy() for ell in layers}
+        eta = problem.learning_rate
+        new_w = {ell: layer.weights - eta * grad_w[ell] for ell, layer in layers.items()}
+        new_b = {ell: layer.biases - eta * grad_b[ell] for ell, layer in layers.items()}
+    computed = [*z.values(), *grad_w.values(), *new_w.values(), *new_b.values(), np.array(loss_value)]
+    if not all(np.all(np.isfinite(values)) for values in computed):
+        raise ProblemError(
+            "the numbers overflow double precision (a sum or product passed 1.8e308); "
+            "use inputs, weights and learning rate of ordinary size"
+        )
     return Trace(problem, z, a, loss_value, dict(sorted(delta.items())), grad_w, grad_b, new_w, new_b)
 
 

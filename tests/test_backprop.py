@@ -268,6 +268,17 @@ def test_a_failed_write_keeps_the_old_out_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
+def test_numbers_that_overflow_are_a_one_line_error(tmp_path):
+    huge = good()
+    huge["x"] = [1.5e308] * len(huge["x"])
+    huge["layers"][0]["weights"] = [[1.0] * len(huge["x"]) for _ in huge["layers"][0]["weights"]]  # sums pass 1.8e308
+    net = tmp_path / "net.json"
+    net.write_text(json.dumps(huge))
+    result = run(str(net))
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: the numbers overflow double precision") and result.output.count("\n") == 1
+
+
 def test_example_refuses_options_it_would_ignore(tmp_path):
     for args in (["--example", "--format", "latex"], ["--example", str(tmp_path / "net.json")]):
         result = run(*args)
