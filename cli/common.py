@@ -12,8 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fastnn.backend import BackendUnavailable, get_backend
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Into a file or a pipe (a log), lines are not broken at 80 columns: one epoch, one line.
+console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def resolve_backend(name: str) -> Any:

@@ -327,7 +327,8 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
         f"training {layers} ({config.activation}) on {backend.describe()}: "
         f"{config.optimizer} lr {config.lr:g}, "
         f"schedule {config.schedule}, l2 {config.l2:g}, dropout {config.dropout:g}, batch {config.batch_size}, "
-        f"{config.epochs} epochs, {len(split.y_train)} train / {len(split.y_val)} val images"
+        f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, "
+        f"{len(split.y_train)} train / {len(split.y_val)} val images"
         + (", TF32 products" if config.tf32 and backend.name == "cupy" else "")
     )
     finished = []  # epochs whose checkpoint is written
@@ -361,6 +362,7 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
             raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}; {kept}") from exc
     console.print(
         f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
-        f"after {len(result.history)} epochs in {result.seconds:.0f}s; wrote {out / 'model.npz'} and "
+        f"after {len(result.history)} epoch{'s' if len(result.history) != 1 else ''} in {result.seconds:.0f}s; "
+        f"wrote {out / 'model.npz'} and "
         f"{out / 'metrics.jsonl'}"
     )
