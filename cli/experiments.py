@@ -14,7 +14,14 @@ from rich.markup import escape
 from fastnn.experiments import ExperimentError, ExperimentSettings, Reporter, RunRecord, quick, run_experiments
 from fastnn.report import ReportError, require_matplotlib, write_report
 from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
-from fastnn_cli.train import FiniteRange, check_out_dir, check_split_sizes, config_from_options, training_options
+from fastnn_cli.train import (
+    FiniteRange,
+    Interrupted,
+    check_out_dir,
+    check_split_sizes,
+    config_from_options,
+    training_options,
+)
 
 SETTINGS = ExperimentSettings()
 
@@ -161,6 +168,8 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
         paths = write_report(result, out_dir)
     except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; finished runs are kept in {out_dir}, and the same command resumes") from None
     except OSError as exc:  # the disk filled, or a folder is in the way of a file
         raise click.ClickException(
             f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}; finished runs are kept in {out_dir}, "

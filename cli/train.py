@@ -40,6 +40,12 @@ class SizeList(click.ParamType):
         return sizes
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C during training: one line saying what was kept, and the shell's exit code for SIGINT."""
+
+    exit_code = 130
+
+
 class FiniteRange(click.FloatRange):
     """click's FloatRange, refusing nan and inf too (nan passes every comparison of a plain range)."""
 
@@ -360,6 +366,13 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
         except OSError as exc:  # the disk filled up under a checkpoint, which is written whole or not at all
             kept = f"the checkpoint of epoch {finished[-1]} is kept" if finished else "nothing was saved"
             raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}; {kept}") from exc
+        except KeyboardInterrupt:
+            kept = (
+                f"epoch {finished[-1]}'s checkpoint is in {out / 'model.npz'} (not yet tested)"
+                if finished
+                else "no epoch finished, so nothing was saved"
+            )
+            raise Interrupted(f"interrupted; {kept}") from None
     console.print(
         f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
         f"after {len(result.history)} epoch{'s' if len(result.history) != 1 else ''} in {result.seconds:.0f}s; "

@@ -163,6 +163,36 @@ def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, e
         assert "no epoch finished, so nothing was saved" in said and "model.npz" not in said
 
 
+def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch):
+    import fastnn_cli.train as train_module
+    from fastnn.train import EpochRecord
+
+    def interrupted(config, split, backend, out_dir, on_epoch, **callbacks):
+        on_epoch(EpochRecord(1, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
+    monkeypatch.setattr(train_module, "run_training", interrupted)
+    result = run("train", "--device", "cpu", "--out", str(tmp_path))
+    assert result.exit_code == 130
+    last = result.output.splitlines()[-1]
+    assert last == f"Error: interrupted; epoch 1's checkpoint is in {tmp_path / 'model.npz'} (not yet tested)"
+
+
+def test_ctrl_c_during_experiments_says_the_same_command_resumes(tmp_path, monkeypatch):
+    import fastnn_cli.experiments as experiments_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
+    monkeypatch.setattr(experiments_module, "run_experiments", interrupted)
+    result = run("experiments", "--quick", "--device", "cpu", "--out", str(tmp_path))
+    assert result.exit_code == 130
+    last = result.output.splitlines()[-1]
+    assert last == f"Error: interrupted; finished runs are kept in {tmp_path}, and the same command resumes"
+
+
 def test_a_full_disk_during_training_is_a_one_line_error(tmp_path, monkeypatch):
     import fastnn_cli.train as train_module
 
