@@ -43,10 +43,14 @@ class Network:
         dtype: str = "float32",
         layers: Sequence[Layer] | None = None,
     ):
-        if backend is None:
+        if backend is None or isinstance(backend, str):
             from fastnn.backend import get_backend
 
-            backend = get_backend("cpu")
+            backend = get_backend(backend or "cpu")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.backend, self.dtype = backend, dtype
         self.rng = backend.rng(seed)
         self.regularizer = L2(l2)
@@ -88,6 +92,9 @@ class Network:
     # -- the assignment's interface -----------------------------------------------------------
     def logits(self, x: Array, training: bool = False) -> Array:
         """Pre-softmax outputs (batch, classes) for inputs ``x`` (batch, sizes[0])."""
+        if not hasattr(x, "ndim"):
+            kind = type(x).__name__
+            raise TypeError(f"inputs must be an array on the network's device (backend.asarray), not a {kind}")
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(
                 f"input has shape {tuple(x.shape)}, but the first layer expects (batch, {self.sizes[0]})"
@@ -107,7 +114,13 @@ class Network:
         ``targets`` are integer labels (batch,) or probability rows (batch, classes).
         Returns the loss (a 0-d device array: cross-entropy plus the L2 penalty).
         """
-        loss = self.loss_fn.forward(self._logits, targets)
+        logits = getattr(self, "_logits", None)
+        if logits is None:
+            raise ValueError("backward_pass needs a forward_pass first: it differentiates the last forward pass")
+        self.check_labels(targets)
+        if targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"{targets.shape[0]} targets for a forward pass of {logits.shape[0]} inputs")
+        loss = self.loss_fn.forward(logits, targets)
         grad = self.loss_fn.backward()
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
@@ -119,12 +132,13 @@ class Network:
 
     def update_network(self, optimizer: Any, lr: float) -> None:
         """One optimizer step with learning rate ``lr`` on every parameter."""
+        if any(key not in layer.grads for layer in self.layers for key in layer.params):
+            raise ValueError("update_network needs a backward_pass first: it applies the gradients that computes")
         optimizer.step(self.param_grads(), lr)
 
     # -- conveniences built on the three methods --------------------------------------------------
     def train_step(self, x: Array, labels: Array, optimizer: Any, lr: float) -> tuple[Array, Array]:
         """Forward, backward and update on one batch; returns (loss, number correct) on the device."""
-        self.check_labels(labels)
         self.logits(x, training=True)
         loss = self.backward_pass(labels)
         correct = count_correct(namespace(self._logits).argmax(self._logits, axis=1), labels)

@@ -16,6 +16,15 @@ Array = Any
 Entries = Iterable[tuple[str, Array, Array]]
 
 
+def check_lr(lr: Any) -> float:
+    """``lr`` as a float, or a ValueError naming it: a learning rate is a finite number >= 0 (a
+    string, nan or a negative rate would otherwise fail deep in the update, or quietly ruin the
+    weights). Checked before any state changes, so a refused step can be retried."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
+    return float(lr)
+
+
 class SGD:
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
@@ -33,6 +42,7 @@ class SGD:
         self.velocity: dict[str, Array] = {}
 
     def step(self, entries: Entries, lr: float) -> None:
+        lr = check_lr(lr)
         for name, param, grad in entries:
             if self.momentum == 0.0:
                 param -= lr * grad
@@ -78,6 +88,7 @@ class Adam:
         self._fused_steps: dict[str, Any] = {}
 
     def step(self, entries: Entries, lr: float) -> None:
+        lr = check_lr(lr)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         correction1 = 1.0 - b1**self.t

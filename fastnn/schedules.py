@@ -8,12 +8,20 @@ from __future__ import annotations
 import math
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class Schedule:
     """Base: ``schedule(t) -> lr`` for epoch ``t`` (0-based)."""
 
     def __init__(self, lr: float):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if not (_finite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
         self.lr = float(lr)
 
     def __call__(self, t: int) -> float:
@@ -35,8 +43,8 @@ class Exponential(Schedule):
 
     def __init__(self, lr: float, k: float):
         super().__init__(lr)
-        if k < 0:
-            raise ValueError(f"decay rate k must be >= 0, got {k}")
+        if not (_finite(k) and k >= 0):
+            raise ValueError(f"decay rate k must be a finite number >= 0, got {k!r}")
         self.k = float(k)
 
     def __call__(self, t: int) -> float:
@@ -51,8 +59,8 @@ class Step(Schedule):
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
         super().__init__(lr)
-        if step_size < 1:
-            raise ValueError(f"step size must be >= 1 epoch, got {step_size}")
+        if not (_whole(step_size) and step_size >= 1):
+            raise ValueError(f"step size must be a whole number of epochs >= 1, got {step_size!r}")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         self.step_size, self.gamma = int(step_size), float(gamma)
@@ -69,8 +77,10 @@ class Cosine(Schedule):
 
     def __init__(self, lr: float, epochs: int, min_lr: float = 0.0):
         super().__init__(lr)
-        if epochs < 1:
-            raise ValueError(f"cosine schedule needs epochs >= 1, got {epochs}")
+        if not (_whole(epochs) and epochs >= 1):
+            raise ValueError(f"cosine schedule needs a whole number of epochs >= 1, got {epochs!r}")
+        if not (_finite(min_lr) and 0 <= min_lr <= lr):
+            raise ValueError(f"min_lr must be a number in [0, lr={lr}], got {min_lr!r}")
         self.epochs, self.min_lr = int(epochs), float(min_lr)
 
     def __call__(self, t: int) -> float:

@@ -23,7 +23,7 @@ from fastnn.backend import namespace
 from fastnn.layers import ACTIVATIONS
 from fastnn.losses import SoftmaxCrossEntropy
 from fastnn.network import Network, count_correct
-from fastnn.optimizers import SGD, Adam
+from fastnn.optimizers import SGD, Adam, check_lr
 from fastnn.schedules import Schedule, make_schedule
 
 Array = Any
@@ -147,6 +147,26 @@ def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
     return xp.reshape(xp.where(inside[:, None, :, :], pixels, 0.0), (batch, 3072))
 
 
+def check_augmentable(width: int) -> None:
+    """Augmentation is for CIFAR-10's images: rows of 3 x 32 x 32 values."""
+    if width != 3 * 32 * 32:
+        raise ValueError(
+            f"augmentation flips and shifts 32x32 colour images (3072 values), but the inputs have "
+            f"{width}; turn it off (--no-augment, augment=False)"
+        )
+
+
+def check_data(network: Network, x: Array, y: Array, batch_size: int) -> None:
+    """Refuse what would otherwise train or measure quietly wrong: a label count that differs from
+    the image count, labels that are not class indices of ``network`` (read once from the device,
+    before the batch loop), a batch size that is not a positive whole number."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{y.shape[0]} labels for inputs of shape {tuple(x.shape)}: give one label per row")
+    network.check_labels(y, values=True)
+
+
 def train_epoch(
     network: Network,
     optimizer: Any,
@@ -168,6 +188,10 @@ def train_epoch(
     ``gather`` batches are gathered (and augmented) together, then trained on one by one: the same
     rows in the same batches whatever its value, with fewer array operations per batch for more
     memory (``Backend.gather_batches`` says what suits a device)."""
+    check_data(network, x, y, batch_size)
+    check_lr(lr)
+    if augment:
+        check_augmentable(x.shape[1])
     xp = namespace(x)
     n = x.shape[0]
     order = rng.permutation(n)
@@ -196,6 +220,7 @@ def evaluate(
     With ``return_predictions`` the predicted classes (a device array) come as a third item, from
     the same forward pass.
     """
+    check_data(network, x, y, batch_size)
     xp = namespace(x)
     n = x.shape[0]
     if n == 0:
@@ -259,11 +284,8 @@ class Trainer:
         """
         cfg, b = self.config, self.backend
         cfg.validate()
-        if cfg.augment and x_train.shape[1] != 3 * 32 * 32:
-            raise ValueError(
-                f"augmentation flips and shifts 32x32 colour images (3072 values), but the inputs have "
-                f"{x_train.shape[1]}; turn it off (--no-augment, augment=False)"
-            )
+        if cfg.augment:
+            check_augmentable(x_train.shape[1])
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
         x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
         xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")

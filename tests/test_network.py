@@ -109,6 +109,8 @@ def test_same_seed_same_weights(backend):
         ({"sizes": [10, 0, 2]}, "positive integers"),
         ({"sizes": [10, 2], "activation": "swish"}, "unknown activation 'swish'"),
         ({"sizes": [10, 2], "init": "orthogonal"}, "unknown initialiser 'orthogonal'"),
+        ({"sizes": [10, 2], "dtype": "int32"}, "dtype must be 'float32' or 'float64', got 'int32'"),
+        ({"sizes": [10, 4, 2], "dropout": -0.5}, r"dropout must be in \[0, 1\), got -0.5"),
     ],
 )
 def test_bad_construction_is_a_clear_value_error(backend, kwargs, message):
@@ -124,3 +126,23 @@ def test_bad_inputs_are_clear_value_errors(backend):
         net.accuracy(backend.asarray(np.zeros((2, 4)), "float32"), backend.asarray([0, 3], "int64"))
     with pytest.raises(ValueError, match="integer array"):
         net.accuracy(backend.asarray(np.zeros((2, 4)), "float32"), backend.asarray([0.0, 1.0], "float32"))
+
+
+def test_the_assignments_methods_called_out_of_order_say_so(backend):
+    net = Network([4, 3], backend=backend)
+    x, labels = backend.asarray(np.zeros((2, 4)), "float32"), backend.asarray([0, 2], "int64")
+    with pytest.raises(ValueError, match="backward_pass needs a forward_pass first"):
+        net.backward_pass(labels)
+    with pytest.raises(ValueError, match="update_network needs a backward_pass first"):
+        net.update_network(Adam(), 1e-3)
+    net.forward_pass(x)
+    with pytest.raises(ValueError, match="3 targets for a forward pass of 2 inputs"):
+        net.backward_pass(backend.asarray([0, 1, 2], "int64"))
+    with pytest.raises(ValueError, match="integer array"):  # 0.5 would otherwise give a loss of -0.0
+        net.backward_pass(backend.asarray([0.5, 1.5], "float32"))
+    with pytest.raises(TypeError, match="inputs must be an array on the network's device"):
+        net.forward_pass([[0.0] * 4])
+
+
+def test_a_backend_may_be_named():
+    assert Network([4, 3], backend="cpu").backend.name == "numpy"

@@ -113,3 +113,14 @@ def _check_numpy_adam_blocks(backend):
     optimizer.step([("w", strided, np.full(strided.shape, 0.5))], lr=0.1)
     np.testing.assert_allclose(base[:, ::2], 0.9)
     np.testing.assert_allclose(base[:, 1::2], 1.0)
+
+
+@pytest.mark.parametrize("lr", ["0.1", float("nan"), float("inf"), -0.1, True])
+@pytest.mark.parametrize("make", [Adam, SGD], ids=["adam", "sgd"])
+def test_a_bad_learning_rate_is_refused_before_any_change(make, lr):
+    param, grad = np.ones(3, dtype=np.float32), np.ones(3, dtype=np.float32)
+    optimizer = make()
+    with pytest.raises(ValueError, match="learning rate must be a finite number >= 0"):
+        optimizer.step([("p", param, grad)], lr)
+    np.testing.assert_array_equal(param, np.ones(3))
+    assert getattr(optimizer, "t", 0) == 0

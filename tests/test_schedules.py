@@ -34,7 +34,18 @@ def test_make_schedule_by_name():
         make_schedule("linear", 0.1)
 
 
-@pytest.mark.parametrize("make", [lambda: Constant(0.0), lambda: Exponential(0.1, -1), lambda: Step(0.1, 0)])
-def test_bad_values_are_rejected(make):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Constant(0.0), "learning rate must be a finite number > 0, got 0.0"),
+        (lambda: Constant(float("nan")), "learning rate must be a finite number > 0, got nan"),
+        (lambda: Exponential(0.1, -1), "decay rate k must be a finite number >= 0, got -1"),
+        (lambda: Exponential(0.1, float("nan")), "decay rate k must be a finite number >= 0, got nan"),
+        (lambda: Step(0.1, 0), "step size must be a whole number of epochs >= 1, got 0"),
+        (lambda: Step(0.1, 2.5), "step size must be a whole number of epochs >= 1, got 2.5"),  # not silently 2
+        (lambda: Cosine(1e-3, 4, min_lr=-1e-2), r"min_lr must be a number in \[0, lr=0.001\], got -0.01"),
+    ],
+)
+def test_bad_values_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
         make()

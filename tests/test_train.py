@@ -171,3 +171,62 @@ def test_gathering_in_chunks_trains_on_the_same_batches(backend):
     assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-6)
     for (name, p), (_, q) in zip(chunked.parameters(), plain.parameters()):
         np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x, y: (x, y + 1), r"labels must lie in \[0, 3\), found values from 1 to 3"),  # 1-based labels
+        (lambda x, y: (x[:50], y), "150 labels for inputs of shape \\(50, 20\\)"),
+        (lambda x, y: (x, y[:50]), "50 labels for inputs of shape \\(150, 20\\)"),
+    ],
+    ids=["labels-out-of-range", "more-labels", "fewer-labels"],
+)
+def test_train_epoch_and_evaluate_refuse_labels_that_do_not_fit(backend, change, message):
+    from fastnn.network import Network
+    from fastnn.optimizers import Adam
+    from fastnn.train import train_epoch
+
+    split = _split()
+    x, y = change(split.x_val, split.y_val)
+    x, y = backend.asarray(x, "float32"), backend.asarray(y, "int64")
+    net = Network([20, 8, 3], backend=backend)
+    with pytest.raises(ValueError, match=message):
+        train_epoch(net, Adam(), x, y, batch_size=32, lr=1e-3, rng=backend.rng(0))
+    with pytest.raises(ValueError, match=message):
+        evaluate(net, x, y)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"batch_size": -32}, "batch_size must be a whole number >= 1, got -32"),  # trained nothing before
+        ({"batch_size": 2.5}, "batch_size must be a whole number >= 1, got 2.5"),
+        ({"lr": "0.001"}, "learning rate must be a finite number >= 0, got '0.001'"),
+        ({"lr": float("nan")}, "learning rate must be a finite number >= 0, got nan"),
+        ({"lr": -1e-3}, "learning rate must be a finite number >= 0, got -0.001"),
+        ({"augment": True}, "augmentation flips and shifts 32x32 colour images"),
+    ],
+)
+def test_train_epoch_refuses_settings_that_would_train_wrongly(backend, options, message):
+    from fastnn.network import Network
+    from fastnn.optimizers import Adam
+    from fastnn.train import train_epoch
+
+    split = _split()
+    x, y = backend.asarray(split.x_val, "float32"), backend.asarray(split.y_val, "int64")
+    adam = Adam()
+    settings = {"batch_size": 32, "lr": 1e-3, **options}
+    with pytest.raises(ValueError, match=message):
+        train_epoch(Network([20, 8, 3], backend=backend), adam, x, y, rng=backend.rng(0), **settings)
+    assert adam.t == 0  # a refused step changes no state: a retry is a first step
+
+
+def test_evaluate_refuses_a_batch_size_of_zero(backend):
+    from fastnn.network import Network
+
+    split = _split()
+    x, y = backend.asarray(split.x_val, "float32"), backend.asarray(split.y_val, "int64")
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        evaluate(Network([20, 8, 3], backend=backend), x, y, batch_size=0)
