@@ -7,6 +7,6 @@ reports milliseconds per epoch of 50,000 images, images per second, achieved GFL
 PyTorch on the same device, as a table and as JSON (``--out``).
 
 What it is not: a benchmark of accuracy (the labels are random) or of data loading (there is none).
-PyTorch is optional (``pip install "fastnn[bench]"``); without it the peer rows are missing and the
+PyTorch is optional (``pip install torch``, or the ``bench`` extra); without it the peer rows are missing and the
 output says so.
 """

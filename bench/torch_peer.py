@@ -18,14 +18,14 @@ try:
     import torch
     from torch import nn
     from torch.nn import functional as F
-except ImportError:  # the peer is optional: pip install "fastnn[bench]"
+except ImportError:  # the peer is optional: pip install torch
     torch = None
 
 
 def torch_status() -> str:
     """ "ok: <version>" or why the peer cannot run."""
     if torch is None:
-        return 'missing: PyTorch is not installed (pip install "fastnn[bench]")'
+        return "missing: PyTorch is not installed (pip install torch)"
     return f"ok: torch {torch.__version__}"
 
 

@@ -39,7 +39,7 @@ def load_split(data_dir: str | None, validation: int, split_seed: int, subset: i
     from fastnn.data import DataError, load_cifar10, prepare
 
     try:
-        raw = load_cifar10(data_dir, progress=sys.stderr.isatty())
+        raw = load_cifar10(data_dir)  # a progress bar on a terminal, two plain lines elsewhere
         return prepare(raw, validation=validation, seed=split_seed, subset=subset)
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -23,7 +23,7 @@ from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namesp
 log = logging.getLogger("fastnn")
 
 GPU_INSTALL_HINT = (
-    'install CuPy with `pip install "fastnn[gpu]"` (CUDA 12) or `pip install "fastnn[cuda13]"` (CUDA 13), '
+    'install CuPy with `pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13), '
     "or use --device cpu"
 )
 
@@ -176,7 +176,7 @@ def _strict_backend() -> Backend:
     try:
         import array_api_strict
     except ImportError as exc:
-        raise BackendUnavailable('the strict backend needs array-api-strict: pip install "fastnn[test]"') from exc
+        raise BackendUnavailable("the strict backend needs array-api-strict: pip install array-api-strict") from exc
     return Backend("strict", array_api_strict, array_api_strict.Device("device1"))
 
 
@@ -201,7 +201,8 @@ def get_backend(name: str = "auto") -> Backend:
         try:
             return _cupy_backend()
         except BackendUnavailable as exc:
-            note = f"no GPU backend ({exc}); running on the CPU"
+            why = str(exc).split(";")[0]  # the reason; `fastnn info` gives the fix in full
+            note = f"running on the CPU: {why} (`fastnn info` says how to use a GPU)"
             if not _auto_noted:
                 log.info(note)
                 _auto_noted = True

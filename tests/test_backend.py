@@ -47,12 +47,12 @@ def test_cpu_names():
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
 def test_gpu_without_cupy_is_a_clear_error():
-    with pytest.raises(BackendUnavailable, match=r"fastnn\[gpu\].*--device cpu"):
+    with pytest.raises(BackendUnavailable, match=r"pip install cupy-cuda12x.*--device cpu"):
         get_backend("gpu")
 
 
 def test_gpu_with_cupy_but_no_driver_is_a_clear_error(monkeypatch):
-    """CuPy installs on any machine (``pip install "fastnn[gpu]"`` on a laptop) and fails only at its
+    """CuPy installs on any machine (``pip install cupy-cuda12x`` on a laptop) and fails only at its
     first call to the CUDA driver: that failure, whatever its type, becomes the one-line message."""
 
     class CUDARuntimeError(RuntimeError):

@@ -228,19 +228,49 @@ def test_missing_data_and_download_fails(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         load_cifar10(folder, progress=False)
     assert_one_line(error, str(folder), "download", "--data-dir", "FASTNN_DATA_DIR", cifar10.ARCHIVE_NAME)
-    assert list(folder.iterdir()) == []
+    assert not folder.exists()  # neither a partial file nor the folder made for it is left
 
 
 @pytest.mark.parametrize("progress", [False, True])
-def test_download_success(tmp_path, monkeypatch, progress):
+def test_download_success(tmp_path, monkeypatch, capsys, progress):
     source = write_archive(tmp_path / "server", fake_members())
     monkeypatch.setattr(cifar10, "CIFAR10_URL", source.as_uri())
     monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(source.read_bytes()).hexdigest())
     folder = tmp_path / "new" / "data"  # created by the download
-    raw = load_cifar10(folder, progress=progress, _images_per_batch=N)
+    umask = os.umask(0o022)
+    try:
+        raw = load_cifar10(folder, progress=progress, _images_per_batch=N)
+    finally:
+        os.umask(umask)
     assert raw.x_train.shape == (5 * N, 3072)
     assert [p.name for p in folder.iterdir()] == [cifar10.ARCHIVE_NAME]
     assert (folder / cifar10.ARCHIVE_NAME).read_bytes() == source.read_bytes()
+    # readable by all, as an ordinary file: a folder shared with a container running as another user
+    assert (folder / cifar10.ARCHIVE_NAME).stat().st_mode & 0o777 == 0o644
+    said = capsys.readouterr().err.splitlines()  # stderr is no terminal here: two plain lines, no bar
+    if progress:
+        assert said[0].startswith("downloading CIFAR-10 (") and said[0].endswith(f"from {source.as_uri()} ...")
+        assert said[1].startswith("downloaded in ")
+    else:
+        assert said == []
+
+
+def test_an_incomplete_folder_beside_the_archive_gives_way_to_the_archive(tmp_path, caplog):
+    members = fake_members()
+    write_archive(tmp_path, members)
+    write_folder(tmp_path, {k: v for k, v in members.items() if k != "data_batch_5"})
+    with caplog.at_level("WARNING", logger="fastnn"):
+        raw = load_cifar10(tmp_path, download=False, _images_per_batch=N)
+    assert raw.x_train.shape == (5 * N, 3072)
+    assert f"lacks data_batch_5 (truncated or not CIFAR-10); reading {tmp_path / cifar10.ARCHIVE_NAME}" in caplog.text
+
+
+def test_a_failed_download_into_an_existing_folder_leaves_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError):
+        load_cifar10(tmp_path / "data", progress=False)
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_download_md5_mismatch_leaves_nothing(tmp_path, monkeypatch):
@@ -251,7 +281,7 @@ def test_download_md5_mismatch_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         load_cifar10(folder, progress=False, _images_per_batch=N)
     assert_one_line(error, "md5", "0" * 32, source.as_uri())
-    assert list(folder.iterdir()) == []
+    assert not folder.exists()  # neither a partial file nor the folder made for it is left
 
 
 class _BrokenResponse(io.BytesIO):
@@ -271,7 +301,7 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         load_cifar10(folder, progress=False)
     assert_one_line(error, "connection reset", "--data-dir")
-    assert list(folder.iterdir()) == []
+    assert not folder.exists()  # neither a partial file nor the folder made for it is left
 
 
 # --- prepare --------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_gpu_without_gpu_exits_2_with_the_fix():
     output = " ".join(result.output.split())
     assert "use --device cpu" in output
     if not HAS_CUPY:
-        assert 'pip install "fastnn[gpu]"' in output
+        assert "pip install cupy-cuda12x" in output
 
 
 def test_config_file_gives_defaults_and_options_win(tmp_path, monkeypatch):

@@ -25,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import pathlib
 import pickle
+import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
@@ -44,6 +47,8 @@ except ImportError:  # NumPy < 2 has no numpy._core
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+log = logging.getLogger("fastnn")
+
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
 
@@ -320,6 +325,7 @@ def download_cifar10(folder: str | os.PathLike, progress: bool = True) -> pathli
     folder = pathlib.Path(folder)
     final = folder / ARCHIVE_NAME
     url, expected_md5 = CIFAR10_URL, CIFAR10_MD5  # read at call time, so tests can point them elsewhere
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if the download fails
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
@@ -329,6 +335,9 @@ def download_cifar10(folder: str | os.PathLike, progress: bool = True) -> pathli
         ) from None
     tmp = pathlib.Path(tmp_name)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; the data is shared (e.g. with Docker)
         digest = hashlib.md5(usedforsecurity=False)
         with (
             os.fdopen(fd, "wb") as sink,
@@ -349,24 +358,43 @@ def download_cifar10(folder: str | os.PathLike, progress: bool = True) -> pathli
             )
         os.replace(tmp, final)
     except OSError as exc:  # URLError, HTTPError, timeouts and a full disk are all OSErrors
-        tmp.unlink(missing_ok=True)
+        _remove(tmp, made)
         raise DataError(
             f"CIFAR-10 is not in {folder} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}) and its download "
             f"from {url} failed ({_one_line(exc)}); pass --data-dir or set FASTNN_DATA_DIR to a folder "
             f"holding {ARCHIVE_NAME}"
         ) from None
     except BaseException:  # DataError, KeyboardInterrupt: no half-written file stays behind
-        tmp.unlink(missing_ok=True)
+        _remove(tmp, made)
         raise
     return final
+
+
+def _remove(tmp: pathlib.Path, made: list[pathlib.Path]) -> None:
+    """Delete the partial download and the folders made for it (innermost first), if still empty."""
+    tmp.unlink(missing_ok=True)
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another process wrote there), or gone: leave it
+            break
 
 
 @contextlib.contextmanager
 def _progress_bar(enabled: bool, total: int | None) -> Iterator[Callable[[int], object]]:
     """Yield ``advance(n_bytes)``, drawing a rich progress bar (bytes, speed, time left) on stderr,
-    so that it does not mix with a command's output; a no-op when ``enabled`` is False."""
+    so that it does not mix with a command's output; a no-op when ``enabled`` is False. Where
+    stderr is no terminal (a log, ``docker run`` without ``-t``) a bar cannot redraw: one line says
+    the download started and one that it ended, so a long silence is explained."""
     if not enabled:
         yield lambda n_bytes: None
+        return
+    if not sys.stderr.isatty():
+        size = "" if total is None else f" ({total / 2**20:.0f} MiB)"
+        print(f"downloading CIFAR-10{size} from {CIFAR10_URL} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        yield lambda n_bytes: None
+        print(f"downloaded in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         return
     from rich.console import Console
     from rich.progress import (
@@ -411,7 +439,12 @@ def load_cifar10(
     folder = _resolve_data_dir(data_dir)
     extracted, archive = folder / FOLDER_NAME, folder / ARCHIVE_NAME
     if extracted.is_dir():
-        return _read_folder(extracted, _images_per_batch)
+        try:
+            return _read_folder(extracted, _images_per_batch)
+        except DataError as exc:
+            if not archive.is_file():
+                raise
+            log.warning("%s; reading %s instead", exc.args[0].split("; ")[0], archive)
     if not archive.is_file():
         if not download:
             raise DataError(
