@@ -99,6 +99,12 @@ class Network:
             raise ValueError(
                 f"input has shape {tuple(x.shape)}, but the first layer expects (batch, {self.sizes[0]})"
             )
+        first = self.layers[0]
+        if isinstance(first, Dense) and x.dtype != first.params["W"].dtype:  # int images: a float64 network
+            raise ValueError(
+                f"inputs are {str(x.dtype).rsplit('.', 1)[-1]}, the network computes in {self.dtype}: "
+                f"put them on the device as backend.asarray(x, {self.dtype!r})"
+            )
         for layer in self.layers:
             x = layer.forward(x, training)
         self._logits = x

@@ -142,6 +142,8 @@ def test_the_assignments_methods_called_out_of_order_say_so(backend):
         net.backward_pass(backend.asarray([0.5, 1.5], "float32"))
     with pytest.raises(TypeError, match="inputs must be an array on the network's device"):
         net.forward_pass([[0.0] * 4])
+    with pytest.raises(ValueError, match="inputs are int64, the network computes in float32"):
+        net.forward_pass(backend.asarray(np.zeros((2, 4)), "int64"))
 
 
 def test_a_backend_may_be_named():
