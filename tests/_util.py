@@ -1,6 +1,23 @@
 """Helpers of the tests: finite differences (float64 on the host), small data, reading CLI output."""
 
+import os
+from pathlib import Path
+
 import numpy as np
+import pytest
+
+REAL_DATA = os.environ.get("FASTNN_DATA_DIR")
+"""The folder with the real CIFAR-10 archive (.ci/run sets it), or None."""
+
+needs_real_data = [
+    pytest.mark.data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not REAL_DATA or not (Path(REAL_DATA) / "cifar-10-python.tar.gz").exists(),
+        reason="set FASTNN_DATA_DIR to a folder with cifar-10-python.tar.gz",
+    ),
+]
+"""``pytestmark`` of a test module that trains on the real CIFAR-10."""
 
 
 def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -6,25 +6,15 @@ reproduce the accuracy ``fastnn train`` printed.
 """
 
 import contextlib
-import os
 import re
 from pathlib import Path
 
-import pytest
-from _util import printed_test_accuracy
+from _util import needs_real_data, printed_test_accuracy
 from click.testing import CliRunner
 
 from fastnn_cli.main import cli
 
-DATA = os.environ.get("FASTNN_DATA_DIR")
-pytestmark = [
-    pytest.mark.data,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not DATA or not (Path(DATA) / "cifar-10-python.tar.gz").exists(),
-        reason="set FASTNN_DATA_DIR to a folder with cifar-10-python.tar.gz",
-    ),
-]
+pytestmark = needs_real_data
 
 
 def _readme_threads():

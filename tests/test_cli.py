@@ -142,68 +142,66 @@ def test_an_out_folder_that_cannot_be_written_exits_2_before_the_data_is_loaded(
     assert f"Invalid value for '--out': cannot write to {out}: Not a directory" in " ".join(result.output.split())
 
 
+def run_with_training_replaced(monkeypatch, command, fake, *args):
+    """Run ``fastnn COMMAND ARGS`` with the data loading skipped and the training (``run_training``,
+    or ``run_experiments``) replaced by ``fake``; returns (exit code, last line of output)."""
+    import importlib
+
+    module = importlib.import_module(f"fastnn_cli.{command}")
+    monkeypatch.setattr(module, "load_split", lambda *a: type("Split", (), {"y_train": [], "y_val": []}))
+    monkeypatch.setattr(module, "run_training" if command == "train" else "run_experiments", fake)
+    result = run(command, "--device", "cpu", *args)
+    return result.exit_code, result.output.splitlines()[-1]
+
+
+def finish_epochs(count, on_epoch):
+    from fastnn.train import EpochRecord
+
+    for epoch in range(1, count + 1):
+        on_epoch(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+
+
 @pytest.mark.parametrize("epochs_done", [0, 2])
 def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, epochs_done):
-    import fastnn_cli.train as train_module
-    from fastnn.train import EpochRecord, NonFiniteLoss
+    from fastnn.train import NonFiniteLoss
 
     def diverge(config, split, backend, out_dir, on_epoch, **callbacks):
-        for epoch in range(1, epochs_done + 1):
-            on_epoch(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        finish_epochs(epochs_done, on_epoch)
         raise NonFiniteLoss(f"the training loss became nan in epoch {epochs_done + 1}")
 
-    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
-    monkeypatch.setattr(train_module, "run_training", diverge)
-    result = run("train", "--device", "cpu", "--epochs", "5", "--out", str(tmp_path))
-    assert result.exit_code == 1
-    said = " ".join(result.output.split())
+    code, last = run_with_training_replaced(monkeypatch, "train", diverge, "--epochs", "5", "--out", str(tmp_path))
+    assert code == 1
     if epochs_done:
-        assert f"the last good epoch (2) is saved in {tmp_path / 'model.npz'}" in said
+        assert last.endswith(f"; the last good epoch (2) is saved in {tmp_path / 'model.npz'}")
     else:
-        assert "no epoch finished, so nothing was saved" in said and "model.npz" not in said
+        assert last.endswith("; no epoch finished, so nothing was saved") and "model.npz" not in last
 
 
 def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch):
-    import fastnn_cli.train as train_module
-    from fastnn.train import EpochRecord
-
     def interrupted(config, split, backend, out_dir, on_epoch, **callbacks):
-        on_epoch(EpochRecord(1, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        finish_epochs(1, on_epoch)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
-    monkeypatch.setattr(train_module, "run_training", interrupted)
-    result = run("train", "--device", "cpu", "--out", str(tmp_path))
-    assert result.exit_code == 130
-    last = result.output.splitlines()[-1]
+    code, last = run_with_training_replaced(monkeypatch, "train", interrupted, "--out", str(tmp_path))
+    assert code == 130
     assert last == f"Error: interrupted; epoch 1's checkpoint is in {tmp_path / 'model.npz'} (not yet tested)"
 
 
 def test_ctrl_c_during_experiments_says_the_same_command_resumes(tmp_path, monkeypatch):
-    import fastnn_cli.experiments as experiments_module
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
-    monkeypatch.setattr(experiments_module, "run_experiments", interrupted)
-    result = run("experiments", "--quick", "--device", "cpu", "--out", str(tmp_path))
-    assert result.exit_code == 130
-    last = result.output.splitlines()[-1]
+    code, last = run_with_training_replaced(monkeypatch, "experiments", interrupted, "--quick", "--out", str(tmp_path))
+    assert code == 130
     assert last == f"Error: interrupted; finished runs are kept in {tmp_path}, and the same command resumes"
 
 
 def test_a_full_disk_during_training_is_a_one_line_error(tmp_path, monkeypatch):
-    import fastnn_cli.train as train_module
-
     def disk_full(config, split, backend, out_dir, on_epoch, **callbacks):
         raise OSError(28, "No space left on device", str(tmp_path / ".model.npz.x.part"))
 
-    monkeypatch.setattr(train_module, "load_split", lambda *args: type("Split", (), {"y_train": [], "y_val": []}))
-    monkeypatch.setattr(train_module, "run_training", disk_full)
-    result = run("train", "--device", "cpu", "--out", str(tmp_path))
-    assert result.exit_code == 1
-    last = result.output.splitlines()[-1]
+    code, last = run_with_training_replaced(monkeypatch, "train", disk_full, "--out", str(tmp_path))
+    assert code == 1
     assert last == f"Error: cannot write to {tmp_path}: No space left on device; nothing was saved"
 
 

@@ -9,18 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from _util import REAL_DATA, needs_real_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("FASTNN_DATA_DIR")
-pytestmark = [
-    pytest.mark.data,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not DATA or not (Path(DATA) / "cifar-10-python.tar.gz").exists(),
-        reason="set FASTNN_DATA_DIR to a folder with cifar-10-python.tar.gz",
-    ),
-]
+pytestmark = needs_real_data
 
 
 def _library_section() -> str:
@@ -36,7 +28,7 @@ def test_library_example_prints_the_quoted_accuracies(tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "FASTNN_DATA_DIR": DATA, "OPENBLAS_NUM_THREADS": "2"},  # as measured: 2 cores
+        env={**os.environ, "FASTNN_DATA_DIR": REAL_DATA, "OPENBLAS_NUM_THREADS": "2"},  # as measured: 2 cores
     )
     assert done.returncode == 0, done.stderr[-2000:]
     printed = re.findall(r"epoch (\d): validation accuracy ([\d.]+)%", done.stdout)
