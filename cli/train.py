@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from fastnn.data.cifar10 import IMAGES_PER_BATCH, TRAIN_BATCHES
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
@@ -56,7 +57,7 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-CIFAR10_TRAIN_IMAGES = 50_000  # the official training set; --validation and --subset are parts of it
+CIFAR10_TRAIN_IMAGES = len(TRAIN_BATCHES) * IMAGES_PER_BATCH  # 50,000: --validation and --subset are parts of it
 
 
 def check_split_sizes(validation: int, subset: int | None) -> None:
