@@ -288,8 +288,7 @@ class Trainer:
             check_augmentable(x_train.shape[1])
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
         x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
-        xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")
-        net.check_labels(y, values=True)
+        xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")  # train_epoch, evaluate check the labels
         b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         n = x.shape[0]
