@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from fastnn.data.cifar10 import IMAGES_PER_BATCH, TRAIN_BATCHES
+from fastnn.data.cifar10 import IMAGES_PER_BATCH, TRAIN_BATCHES, SplitError, check_split
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
@@ -57,22 +57,12 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-CIFAR10_TRAIN_IMAGES = len(TRAIN_BATCHES) * IMAGES_PER_BATCH  # 50,000: --validation and --subset are parts of it
-
-
 def check_split_sizes(validation: int, subset: int | None) -> None:
     """Refuse --validation and --subset values that CIFAR-10 cannot give, before any data is loaded."""
-    if validation >= CIFAR10_TRAIN_IMAGES:
-        raise click.BadParameter(
-            f"{validation} leaves no training images; CIFAR-10 has {CIFAR10_TRAIN_IMAGES:,} (default 5000)",
-            param_hint="'--validation'",
-        )
-    if subset is not None and subset > CIFAR10_TRAIN_IMAGES - validation:
-        raise click.BadParameter(
-            f"{subset} is more than the {CIFAR10_TRAIN_IMAGES - validation:,} training images left after "
-            f"--validation {validation}",
-            param_hint="'--subset'",
-        )
+    try:
+        check_split(validation, subset, len(TRAIN_BATCHES) * IMAGES_PER_BATCH)
+    except SplitError as exc:
+        raise click.BadParameter(exc.detail, param_hint=f"'--{exc.option}'") from exc
 
 
 def check_out_dir(path: Path) -> None:

@@ -80,6 +80,35 @@ _DOWNLOAD_CHUNK = 2**20
 _DOWNLOAD_TIMEOUT_S = 60
 
 
+class SplitError(ValueError):
+    """A validation or subset size the training set cannot give: ``option`` names which, ``detail``
+    says why (the message is ``"option = detail"``)."""
+
+    def __init__(self, option: str, detail: str):
+        super().__init__(f"{option} = {detail}")
+        self.option, self.detail = option, detail
+
+
+def check_split(validation: int, subset: int | None, n_total: int) -> None:
+    """Refuse a split of ``n_total`` training images that holds out ``validation`` of them and trains
+    on the first ``subset`` of the rest, when it cannot be made (SplitError). The command line calls
+    it with CIFAR-10's size before loading anything; :func:`prepare` with the loaded data's."""
+    if validation < 0:
+        raise SplitError("validation", f"{validation} is negative; hold out 0 or more images")
+    if validation >= n_total:
+        raise SplitError(
+            "validation", f"{validation} leaves no training images; CIFAR-10 has {n_total:,} (default 5000)"
+        )
+    if subset is not None and not 1 <= subset <= n_total - validation:
+        raise SplitError(
+            "subset",
+            f"{subset} is more than the {n_total - validation:,} training images left after holding out "
+            f"{validation} for validation"
+            if subset > 0
+            else f"{subset} is not a number of images; give 1 or more",
+        )
+
+
 class DataError(Exception):
     """The CIFAR-10 data is missing, damaged or not CIFAR-10. The message is one line that names
     the file and says how to fix it."""
@@ -477,13 +506,10 @@ def prepare(raw: Cifar10Raw, validation: int = 5000, seed: int = 0, subset: int 
     Returns x_* (n, 3072) float32 and y_* (n,) int64.
     """
     n_total = len(raw.x_train)
-    if not 0 <= validation < n_total:
-        raise ValueError(f"validation must be in [0, {n_total}), got {validation}")
+    check_split(validation, subset, n_total)
     order = np.random.default_rng(seed).permutation(n_total)
     val_idx, train_idx = np.sort(order[:validation]), np.sort(order[validation:])
     if subset is not None:
-        if not 1 <= subset <= len(train_idx):
-            raise ValueError(f"subset must be in [1, {len(train_idx)}], got {subset}")
         train_idx = train_idx[:subset]
 
     # Pixels are uint8, so a 256-bin histogram per channel gives exact float64 statistics without a
