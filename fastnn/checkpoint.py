@@ -59,14 +59,27 @@ def write_atomic_set(files: dict[str | os.PathLike, bytes]) -> None:
         raise
 
 
-def _stage(path: Path, data: bytes) -> str:
-    """``data`` in a new temporary file beside ``path``, flushed to disk; returns its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder, to be renamed to ``path`` when whole: (fd, name).
+    mkstemp makes it private (0600); it gets an ordinary file's mode instead (0644 under the usual
+    umask), since checkpoints and data are shared, e.g. with a container running as another user."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """``data`` in a new temporary file beside ``path``, flushed to disk; returns its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temporary_beside(path)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

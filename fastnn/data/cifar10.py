@@ -31,7 +31,6 @@ import pathlib
 import pickle
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.request
 import zlib
@@ -39,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from fastnn.checkpoint import temporary_beside
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -357,16 +358,13 @@ def download_cifar10(folder: str | os.PathLike, progress: bool = True) -> pathli
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if the download fails
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+        fd, tmp_name = temporary_beside(final)
     except OSError as exc:
         raise DataError(
             f"cannot write to {folder} ({_one_line(exc)}); pass --data-dir or set FASTNN_DATA_DIR to a writable folder"
         ) from None
     tmp = pathlib.Path(tmp_name)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; the data is shared (e.g. with Docker)
         digest = hashlib.md5(usedforsecurity=False)
         with (
             os.fdopen(fd, "wb") as sink,
