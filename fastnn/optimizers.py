@@ -48,7 +48,9 @@ class SGD:
                 param -= lr * grad
                 continue
             if name not in self.velocity:
-                self.velocity[name] = grad * 1.0  # a copy: the first step's buffer is the gradient
+                # A copy, the first step's buffer; ``grad * 1.0`` would make a 0-d NumPy gradient a
+                # scalar, which the in-place updates below cannot change.
+                self.velocity[name] = namespace(grad).asarray(grad, copy=True)
             else:
                 velocity = self.velocity[name]
                 velocity *= self.momentum

@@ -124,3 +124,17 @@ def test_a_bad_learning_rate_is_refused_before_any_change(make, lr):
         optimizer.step([("p", param, grad)], lr)
     np.testing.assert_array_equal(param, np.ones(3))
     assert getattr(optimizer, "t", 0) == 0
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_updates_the_buffer_of_a_0d_parameter(backend, nesterov):
+    # A 0-d gradient times 1.0 is a NumPy scalar, not an array: a buffer made that way lost every
+    # in-place update. Three steps of gradient 1 at lr 1 from 0: v = 1, 1.9, 2.71 (PyTorch's too), so
+    # p = -1, -2.9, -5.61; with Nesterov p -= 1 + 0.9 v: -1.9, -4.61, -8.049.
+    optimizer = SGD(momentum=0.9, nesterov=nesterov)
+    param = backend.asarray(0.0, "float64")
+    for _ in range(3):
+        optimizer.step([("p", param, backend.asarray(1.0, "float64"))], 1.0)
+    expected = -8.049 if nesterov else -5.61
+    np.testing.assert_allclose(backend.to_numpy(param), expected, rtol=1e-14)
+    np.testing.assert_allclose(backend.to_numpy(optimizer.velocity["p"]), 2.71, rtol=1e-14)
