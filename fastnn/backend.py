@@ -84,8 +84,11 @@ class Backend:
     note: str | None = field(default=None, compare=False)
 
     def asarray(self, host_array: Any, dtype: str | None = None) -> Any:
-        """Put a host (NumPy) array or Python scalar/list on the device, optionally as ``dtype``."""
-        host = np.asarray(host_array, dtype=None if dtype is None else np.dtype(dtype))
+        """A copy of a host (NumPy) array or Python scalar/list on the device, optionally as ``dtype``:
+        an in-place step on it never changes the caller's array. NumPy's own result, and the NumPy
+        array that array-api-strict wraps, would otherwise share the caller's memory (np.array copies)."""
+        dtype = None if dtype is None else np.dtype(dtype)
+        host = np.asarray(host_array, dtype=dtype) if self.name == "cupy" else np.array(host_array, dtype=dtype)
         if self.name == "numpy":
             return host
         if self.name == "cupy":

@@ -138,3 +138,17 @@ def test_sgd_momentum_updates_the_buffer_of_a_0d_parameter(backend, nesterov):
     expected = -8.049 if nesterov else -5.61
     np.testing.assert_allclose(backend.to_numpy(param), expected, rtol=1e-14)
     np.testing.assert_allclose(backend.to_numpy(optimizer.velocity["p"]), 2.71, rtol=1e-14)
+
+
+def test_a_step_leaves_the_callers_host_array_alone(backend):
+    # backend.asarray copies on every backend, as it must on a device: the weights a caller hands
+    # to load_state_dict stay theirs.
+    from fastnn.network import Network
+
+    network = Network([3, 2], "relu", backend=backend, dtype="float64")
+    host = {name: np.ones(backend.to_numpy(value).shape) for name, value in network.parameters()}
+    network.load_state_dict(host)
+    SGD().step([(name, param, param * 0 + 1) for name, param in network.parameters()], 0.5)
+    for name, value in host.items():
+        np.testing.assert_array_equal(value, 1.0, err_msg=name)
+        np.testing.assert_array_equal(backend.to_numpy(dict(network.parameters())[name]), 0.5)
