@@ -110,9 +110,15 @@ ADDED_LATER = {"tf32": False}
 key, so that earlier records, which lack them, still match and keep their folder names."""
 
 
+KEY_DEVICE = "cpu"
+"""Where a run trains does not make it another run (``--device auto`` then ``--device cpu`` resumes):
+every key names this device, the one the recorded studies ran on, so their folder names stay."""
+
+
 def config_key(config: TrainConfig | dict[str, Any]) -> str:
-    """The canonical JSON of a whole config: equal keys mean the same run."""
+    """The canonical JSON of a whole config but its device: equal keys mean the same run."""
     values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    values["device"] = KEY_DEVICE
     for name, default in ADDED_LATER.items():
         if values.get(name, default) == default:
             values.pop(name, None)

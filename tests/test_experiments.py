@@ -261,3 +261,15 @@ def test_recorded_runs_keep_their_ids_when_settings_are_added():
         assert run_id(config) == recorded_id
         assert config_key(config) == config_key(run["config"])
         assert config_key(dataclasses.replace(config, tf32=True)) != config_key(run["config"])
+
+
+def test_the_device_is_not_part_of_a_runs_identity(fake, tmp_path):
+    # The same recipe first with --device auto, then --device cpu: the second resumes, into the same folders.
+    settings = ExperimentSettings(adam_lrs=(1e-3,), sgd_lrs=(0.01,))
+    fake()
+    first = run_experiments(dataclasses.replace(BASE, device="auto"), settings, _split(), get_backend("cpu"), tmp_path)
+    again = fake()
+    second = run_experiments(dataclasses.replace(BASE, device="cpu"), settings, _split(), get_backend("cpu"), tmp_path)
+    assert again.calls == [] and sorted(second.records) == sorted(first.records)
+    config = dataclasses.replace(BASE, device="gpu")
+    assert run_id(config) == run_id(dataclasses.replace(config, device="auto"))
