@@ -6,6 +6,7 @@ the base config comes from the training options or ``--config`` TOML, as for ``f
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -27,19 +28,22 @@ SETTINGS = ExperimentSettings()
 
 
 class FloatList(click.ParamType):
-    """Comma-separated positive numbers, e.g. ``3e-4,1e-3``."""
+    """Comma-separated positive finite numbers, e.g. ``3e-4,1e-3``."""
 
     name = "LRS"
 
     def convert(self, value, param, ctx):
         if isinstance(value, (list, tuple)):  # from a TOML config, or the default
             value = ",".join(str(v) for v in value)
+        parts = [part.strip() for part in str(value).split(",")]
         try:
-            values = tuple(float(part) for part in str(value).split(",") if part.strip())
+            if "" in parts:
+                raise ValueError("an empty part")
+            values = tuple(float(part) for part in parts)
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of numbers (e.g. 3e-4,1e-3)", param, ctx)
-        if not values or any(not v > 0 for v in values):
-            self.fail(f"learning rates must be positive, got {value!r}", param, ctx)
+        if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+            self.fail(f"learning rates must be positive finite numbers, got {value!r}", param, ctx)
         return values
 
 

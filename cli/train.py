@@ -32,8 +32,13 @@ class SizeList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
+        parts = [part.strip() for part in str(value).split(",")]
+        if parts == [""]:  # a linear model is a choice too rare to make silently, from a blank value
+            self.fail("give at least one hidden layer size (e.g. 1024,512)", param, ctx)
+        if "" in parts:
+            self.fail(f"{value!r} has an empty layer size between commas (e.g. 1024,512)", param, ctx)
         try:
-            sizes = tuple(int(part) for part in str(value).split(",") if part.strip())
+            sizes = tuple(int(part) for part in parts)
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of layer sizes (e.g. 1024,512)", param, ctx)
         if any(s < 1 for s in sizes):
@@ -122,9 +127,17 @@ def load_config_file(ctx: click.Context, param: click.Parameter, path: str | Non
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path} is not UTF-8 text; save it as UTF-8", ctx=ctx, param=param) from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", ctx=ctx, param=param) from exc
-    values = values.get("train", values)
+    if "train" in values:
+        outside = sorted(key for key in values if key != "train")
+        if outside:
+            raise click.BadParameter(
+                f"{path}: {', '.join(outside)} outside the [train] table; move them into it", ctx=ctx, param=param
+            )
+        values = values["train"]
     if not isinstance(values, dict):
         raise click.BadParameter(f"{path}: [train] must be a table of option values", ctx=ctx, param=param)
     names = _config_names(ctx.command)
@@ -247,7 +260,7 @@ def training_options(command):
         ),
         click.option(
             "--seed",
-            type=int,
+            type=click.IntRange(min=0),
             default=DEFAULTS.seed,
             show_default=True,
             help="Seed of initialisation, shuffling and dropout.",

@@ -72,8 +72,10 @@ class ExperimentSettings:
 
     def validate(self) -> None:
         problems = [
-            (not self.adam_lrs or any(not lr > 0 for lr in self.adam_lrs), "--adam-lrs must be positive numbers"),
-            (not self.sgd_lrs or any(not lr > 0 for lr in self.sgd_lrs), "--sgd-lrs must be positive numbers"),
+            (not self.adam_lrs or any(not 0 < lr < math.inf for lr in self.adam_lrs),
+             "--adam-lrs must be positive finite numbers"),
+            (not self.sgd_lrs or any(not 0 < lr < math.inf for lr in self.sgd_lrs),
+             "--sgd-lrs must be positive finite numbers"),
             (self.sweep_epochs is not None and self.sweep_epochs < 1, "--sweep-epochs must be >= 1"),
             (not self.l2_study > 0, "--l2-study must be > 0 (it is the lambda of the 'with L2' run)"),
             (not self.decay_study > 0, "--decay-study must be > 0 (it is the k of the 'with schedule' run)"),
