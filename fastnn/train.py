@@ -72,6 +72,7 @@ class TrainConfig:
             (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
             (not 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.validation < 0, f"validation size must be >= 0, got {self.validation}"),
+            (self.seed < 0 or self.split_seed < 0, f"seeds must be >= 0, got {self.seed} and {self.split_seed}"),
             (not 0 <= self.shift <= 16, f"shift must be in [0, 16] pixels, got {self.shift}"),
             (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
             (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
@@ -87,14 +88,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config saved as ``values`` (JSON of a checkpoint or a result.json), checked: a value of
+        the wrong kind (``"5000"``, ``1.5`` for a count) or out of range is a ValueError naming it."""
+        defaults = cls()
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        for name, value in values.items():
+            if not _same_kind(value, getattr(defaults, name)):
+                raise ValueError(f"setting {name} = {value!r} is not a value of its kind")
         values = dict(values)
         if "hidden" in values:
-            values["hidden"] = tuple(int(h) for h in values["hidden"])
-        return cls(**values)
+            values["hidden"] = tuple(values["hidden"])
+        config = cls(**values)
+        config.validate()
+        return config
 
     def make_network(self, backend: Any, n_inputs: int, n_classes: int) -> Network:
         return Network(
@@ -122,6 +131,21 @@ class TrainConfig:
             gamma=self.gamma,
             warmup=self.warmup,
         )
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a saved setting is of the kind of its default: a whole number for a count (``subset``
+    may also be None), any number for a float, a list of whole numbers for ``hidden``."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return whole or isinstance(value, float)
+    if isinstance(default, int) or default is None:
+        return whole or (default is None and value is None)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, type(default))
 
 
 def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:

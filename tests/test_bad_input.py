@@ -77,3 +77,35 @@ def test_a_config_file_that_is_not_utf8_is_named(no_data, tmp_path):
     config.write_text("epochs = 2\n", encoding="utf-16")
     result = run("train", "--config", str(config), "--device", "cpu")
     assert f"{config} is not UTF-8 text; save it as UTF-8" in one_line_error(result, 2)
+
+
+def _checkpoint(path, change=lambda meta: None, sizes=(3072, 3, 10)):
+    from fastnn.backend import get_backend
+    from fastnn.checkpoint import save
+    from fastnn.network import Network
+    from fastnn.train import TrainConfig
+
+    meta = {
+        "config": TrainConfig(hidden=tuple(sizes[1:-1])).to_dict(),
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+        "results": {"test_accuracy": 0.5},
+        "class_names": [str(i) for i in range(10)],
+    }
+    change(meta)
+    save(path, Network(list(sizes), "relu", backend=get_backend("cpu"), seed=0), meta)
+    return path
+
+
+def evaluate(path, tmp_path):
+    return run("evaluate", str(path), "--device", "cpu", "--data-dir", str(tmp_path / "no-data"))
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("validation", "5000"), ("subset", 1.5), ("split_seed", "x"), ("split_seed", -1), ("hidden", ["3"]),
+     ("epochs", True), ("lr", "0.1"), ("dropout", 1.5), ("validation", None)],
+)
+def test_evaluate_names_a_checkpoint_setting_of_the_wrong_kind(tmp_path, setting, value):
+    path = _checkpoint(tmp_path / "model.npz", lambda meta: meta["config"].update({setting: value}))
+    error = one_line_error(evaluate(path, tmp_path), 1)
+    assert error.startswith(f"Error: {path}: a fastnn checkpoint with damaged metadata (ValueError: ")
