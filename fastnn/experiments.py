@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from fastnn.checkpoint import write_atomic
-from fastnn.train import NonFiniteLoss, TrainConfig, run_training
+from fastnn.train import EpochRecord, NonFiniteLoss, TrainConfig, run_training
 
 RUN_FORMAT = "fastnn-experiment-run-1"
 # The numbers of RunResult.summary() that studies aggregate over seeds, in report order.
@@ -323,8 +323,32 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunRecord:
+        """The record saved as ``values`` (a result.json), checked: a part missing or of the wrong
+        kind is a ValueError, so that a damaged file counts as an unfinished run."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        try:
+            record = cls(**{k: v for k, v in values.items() if k in names})
+        except TypeError as exc:  # a part missing
+            raise ValueError(str(exc)) from exc
+        if not isinstance(record.config, dict):
+            raise ValueError("its config is not a table of settings")
+        TrainConfig.from_dict(record.config)
+        summary_ok = record.summary is None if record.status == "diverged" else (
+            isinstance(record.summary, dict) and all(_number_or_none(record.summary.get(m, "")) for m in METRICS)
+        )
+        fields = [f.name for f in dataclasses.fields(EpochRecord)]
+        history_ok = isinstance(record.history, list) and all(
+            isinstance(row, dict) and all(_number_or_none(row.get(f, "")) for f in fields) for row in record.history
+        )
+        texts_ok = all(isinstance(t, str) for t in (record.run_id, record.label, record.backend))
+        if not (record.status in ("ok", "diverged") and summary_ok and history_ok and texts_ok):
+            raise ValueError("a result.json with parts missing or of the wrong kind")
+        return record
+
+
+def _number_or_none(value: Any) -> bool:
+    """JSON's number, or null (a NaN was written as null)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def json_ready(value: Any) -> Any:

@@ -273,3 +273,33 @@ def test_the_device_is_not_part_of_a_runs_identity(fake, tmp_path):
     assert again.calls == [] and sorted(second.records) == sorted(first.records)
     config = dataclasses.replace(BASE, device="gpu")
     assert run_id(config) == run_id(dataclasses.replace(config, device="auto"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["summary"].update(test_accuracy="0.5"),
+        lambda r: r["summary"].pop("best_val_accuracy"),
+        lambda r: r.update(summary=[0.5]),
+        lambda r: r["history"][0].update(val_accuracy=[1]),
+        lambda r: r.update(history={"epoch": 1}),
+        lambda r: r["config"].update(validation="150"),
+        lambda r: r.update(config="adam"),
+        lambda r: r.update(status="fine"),
+        lambda r: r.update(label=3),
+        lambda r: r.pop("history"),
+    ],
+)
+def test_a_result_json_of_the_wrong_kinds_counts_as_unfinished(fake, tmp_path, change):
+    # Valid JSON with a wrong type in it: the run is trained again, not a TypeError on resuming.
+    settings = ExperimentSettings(adam_lrs=(1e-3,), sgd_lrs=(0.01,))
+    fake()
+    result = run_experiments(BASE, settings, _split(), get_backend("cpu"), tmp_path)
+    path = tmp_path / "runs" / next(iter(result.plan.runs)) / "result.json"
+    saved = json.loads(path.read_text())
+    change(saved)
+    path.write_text(json.dumps(saved))
+    again = fake()
+    resumed = run_experiments(BASE, settings, _split(), get_backend("cpu"), tmp_path)
+    assert len(again.calls) == 1
+    assert json.loads(path.read_text())["summary"] == resumed.records[saved["run_id"]].summary
