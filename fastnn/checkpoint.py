@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -103,18 +104,25 @@ def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> Non
 def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]]:
     """Rebuild the network saved at ``path`` on ``backend``; returns (network, meta)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; pass the model.npz that `fastnn train --out DIR` wrote")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: not a checkpoint file (not a regular file); "
+            "pass the model.npz that `fastnn train --out DIR` wrote"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
             raise ValueError("one bare array, not an .npz archive")
         with archive:
+            for key in archive.files:
+                _check_member(path, archive.zip, key)
             meta = json.loads(str(archive["meta"]))
             params = {key.removeprefix("param/"): archive[key] for key in archive.files if key.startswith("param/")}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}); train again to write a new one"
+            f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}: {exc}); train again to write a new one"
         ) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -124,6 +132,7 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
         )
     try:
         arch = meta["architecture"]
+        _check_architecture(arch["sizes"], params)
         network = Network(
             arch["sizes"],
             arch["activation"],
@@ -140,6 +149,38 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
     except ValueError as exc:
         raise CheckpointError(f"{path}: parameters do not match the saved architecture ({exc})") from exc
     return network, meta
+
+
+def _check_member(path: Path, members: zipfile.ZipFile, key: str) -> None:
+    """Read one member's .npy header before its data: a pickled object array is refused by name
+    (loading it could run code), and a shape larger than the bytes the member holds is damage,
+    refused before NumPy would try to allocate it."""
+    with members.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"{key} is in .npy format {version}, which np.savez does not write")
+        shape, _, dtype = read_header[version](member)
+        header = member.tell()
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{path}: {key} holds pickled Python objects, which fastnn never loads (unpickling can run code); "
+            "pass a model.npz that `fastnn train` wrote"
+        )
+    size = members.getinfo(f"{key}.npy").file_size - header
+    if math.prod(shape) * dtype.itemsize > size:
+        raise ValueError(f"{key} claims shape {shape} but holds {size} bytes")
+
+
+def _check_architecture(sizes: Any, params: dict[str, np.ndarray]) -> None:
+    """An architecture must have the parameters the file holds (which are already in memory), so
+    that one claiming absurd sizes, e.g. 10**12 neurons, is refused before it is allocated."""
+    if not (isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)):
+        raise ValueError(f"sizes {sizes!r} are not a list of whole numbers")
+    needed = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    held = sum(int(value.size) for value in params.values())
+    if needed != held:
+        raise ValueError(f"sizes {sizes} need {needed:,} parameters, the file holds {held:,}")
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -109,3 +109,69 @@ def test_evaluate_names_a_checkpoint_setting_of_the_wrong_kind(tmp_path, setting
     path = _checkpoint(tmp_path / "model.npz", lambda meta: meta["config"].update({setting: value}))
     error = one_line_error(evaluate(path, tmp_path), 1)
     assert error.startswith(f"Error: {path}: a fastnn checkpoint with damaged metadata (ValueError: ")
+
+
+def _replace_member(path, name, data):
+    """Rewrite the .npz at ``path`` with member ``name`` (e.g. "param/0.W.npy") holding ``data``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as old:
+        members = {info.filename: old.read(info) for info in old.infolist()}
+    members[name] = data
+    with zipfile.ZipFile(path, "w") as new:
+        for member, content in members.items():
+            new.writestr(member, content)
+
+
+def _npy(array):
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_evaluate_names_a_checkpoint_that_is_not_a_regular_file(tmp_path):
+    error = one_line_error(evaluate("/dev/null", tmp_path), 1)
+    assert "/dev/null: not a checkpoint file (not a regular file); pass the model.npz" in error
+
+
+def test_evaluate_refuses_a_pickled_object_array_by_name(tmp_path):
+    import numpy as np
+
+    path = _checkpoint(tmp_path / "model.npz")
+    _replace_member(path, "param/0.W.npy", _npy(np.array([{"a": 1}], dtype=object)))
+    error = one_line_error(evaluate(path, tmp_path), 1)
+    assert "param/0.W holds pickled Python objects, which fastnn never loads" in error
+
+
+def test_a_member_claiming_a_huge_shape_is_refused_before_it_is_allocated(tmp_path):
+    import numpy as np
+
+    path = _checkpoint(tmp_path / "model.npz")
+    # 10**12 x 10**6 float32: NumPy would try to allocate 4 exabytes (a MemoryError traceback).
+    import io
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 10**6)})
+    member.write(bytes(48))
+    _replace_member(path, "param/0.W.npy", member.getvalue())
+    error = one_line_error(evaluate(path, tmp_path), 1)
+    assert "param/0.W claims shape (1000000000000, 1000000) but holds 48 bytes" in error
+
+
+def test_an_architecture_too_large_for_its_file_is_refused_before_it_is_allocated(tmp_path):
+    path = _checkpoint(tmp_path / "model.npz", sizes=(3072, 3, 10))
+    import json
+
+    import numpy as np
+
+    with np.load(path) as archive:
+        meta = json.loads(str(archive["meta"]))
+    meta["architecture"]["sizes"] = [3072, 64, 10**12]
+    _replace_member(path, "meta.npy", _npy(np.array(json.dumps(meta))))
+    error = one_line_error(evaluate(path, tmp_path), 1)
+    assert "damaged metadata (ValueError: sizes [3072, 64, 1000000000000] need 65,000,000,196,672 parameters, " in error
+    assert "the file holds 9,259)" in error
