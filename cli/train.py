@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from fastnn.data.cifar10 import IMAGES_PER_BATCH, TRAIN_BATCHES, SplitError, check_split
+from fastnn.data.cifar10 import CLASS_NAMES, IMAGES_PER_BATCH, PIXELS, TRAIN_BATCHES, SplitError, check_split
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
@@ -44,6 +45,42 @@ class SizeList(click.ParamType):
         if any(s < 1 for s in sizes):
             self.fail(f"layer sizes must be positive, got {value!r}", param, ctx)
         return sizes
+
+
+BYTES_PER_PARAMETER = 16
+"""What training keeps per parameter: float32 weights, gradients and Adam's two moments."""
+
+
+def free_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_network_fits(ctx: click.Context, param: click.Parameter, hidden: tuple[int, ...]) -> tuple[int, ...]:
+    """Refuse hidden sizes whose network cannot fit in memory, before anything is loaded or allocated:
+    a MemoryError traceback would come only after the data had loaded."""
+    sizes = (PIXELS, *hidden, len(CLASS_NAMES))
+    parameters = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    needed, free = parameters * BYTES_PER_PARAMETER, free_memory()
+    if free is not None and needed > free:
+        raise click.BadParameter(
+            f"a {'-'.join(map(str, sizes))} network has {parameters:,} parameters and needs about "
+            f"{needed / 2**30:,.1f} GiB to train, more than the {free / 2**30:,.1f} GiB free here; "
+            "choose smaller sizes",
+            ctx=ctx,
+            param=param,
+        )
+    return hidden
 
 
 class Interrupted(click.ClickException):
@@ -168,6 +205,7 @@ def training_options(command):
         click.option(
             "--hidden",
             type=SizeList(),
+            callback=check_network_fits,
             default=",".join(map(str, DEFAULTS.hidden)),
             show_default=True,
             help="Hidden layer sizes, comma-separated.",

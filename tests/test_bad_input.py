@@ -175,3 +175,24 @@ def test_an_architecture_too_large_for_its_file_is_refused_before_it_is_allocate
     error = one_line_error(evaluate(path, tmp_path), 1)
     assert "damaged metadata (ValueError: sizes [3072, 64, 1000000000000] need 65,000,000,196,672 parameters, " in error
     assert "the file holds 9,259)" in error
+
+
+@pytest.mark.parametrize("command", ["train", "experiments"])
+def test_a_network_too_large_for_memory_is_refused_before_the_data_is_loaded(no_data, tmp_path, command):
+    # 3072 x 10**9 weights need about 45 TiB to train: more than any machine running this has free.
+    result = run(command, "--device", "cpu", "--hidden", "1000000000", "--out", str(tmp_path / "out"))
+    error = one_line_error(result, 2)
+    assert "Invalid value for '--hidden': a 3072-1000000000-10 network has 3,083,000,000,010 parameters" in error
+    assert "choose smaller sizes" in error
+
+
+def test_the_memory_check_uses_the_memory_free_here(no_data, tmp_path, monkeypatch):
+    import fastnn_cli.train as train_command
+
+    monkeypatch.setattr(train_command, "free_memory", lambda: 2**30)
+    # 3072*1000 + 1000 + 1000*10 + 10 = 3,083,010 parameters, 47 MiB: fits; 100 times wider does not.
+    assert train_command.check_network_fits(None, None, (1000,)) == (1000,)
+    config = tmp_path / "run.toml"
+    config.write_text("hidden = [100000]\n")
+    error = one_line_error(run("train", "--config", str(config), "--device", "cpu"), 2)
+    assert "needs about 4.6 GiB to train, more than the 1.0 GiB free here" in error
