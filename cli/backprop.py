@@ -8,10 +8,13 @@ import click
 from rich.console import Console
 
 from fastnn.backprop import (
+    MAX_FILE_BYTES,
+    MAX_PARAMETERS,
     ProblemError,
     dump_problem,
     example_problem,
     load_problem,
+    parse_problem,
     parse_weight,
     problem_from_text,
     render_latex,
@@ -28,8 +31,22 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+def _check_encoding(text: str) -> None:
+    """Refuse, before anything is printed, output that standard output's encoding cannot carry (the
+    trace's Greek letters under PYTHONIOENCODING=ascii), rather than fail half-way with a traceback."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError as err:
+        raise click.ClickException(
+            f"standard output's encoding ({encoding}) cannot write {err.object[err.start]!r}; "
+            "set PYTHONIOENCODING=utf-8, or use --format markdown, or write to a file with --out"
+        ) from None
+
+
 def _write(text: str, out: Path | None) -> None:
     if out is None:
+        _check_encoding(text)
         click.echo(text, nl=False)
         return
     try:
@@ -41,7 +58,7 @@ def _write(text: str, out: Path | None) -> None:
 @click.command("backprop", short_help="One backpropagation step, every number written out (task 1).")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--example", is_flag=True, help="Print an example problem file (JSON) for the assignment and exit.")
-@click.option("--hidden", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--hidden", type=click.IntRange(1, MAX_PARAMETERS), default=2, show_default=True,
               help="Neurons in the hidden layer of --example.")
 @click.option("--weight", "weight_spec", default="1,1,1", show_default=True, metavar="L,J,K",
               help='The weight whose chain rule is written out: "l,j,k" or "w^l_{j,k}", 1-based.')
@@ -67,7 +84,8 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
        "layers": [{"weights": [[w111, w112, w113], [w121, w122, w123]], "biases": [b11, b12]},
                   {"weights": [[w211, w212], [w221, w222]], "biases": [b21, b22]}]}
 
-    In TOML the same keys, each layer a [[layers]] table.
+    In TOML the same keys, each layer a [[layers]] table. The trace is for following by hand: at
+    most 10,000 weights and biases, 20 layers, a learning rate > 0 and a file of 1 MiB.
 
     Index convention: w^l_{j,k} joins neuron k of layer l-1 to neuron j of layer l; layer 0 is the
     input x; neurons count from 1. So layers[l-1].weights has one row per neuron of layer l and one
@@ -84,13 +102,18 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
     if example:
         if file is not None or fmt != "text":
             raise BadInput("--example prints an example problem file and nothing else; drop FILE and --format with it")
-        _write(dump_problem(example_problem(hidden)), out)
+        document = example_problem(hidden)
+        try:
+            parse_problem(document)  # within the size limit
+        except ProblemError as err:
+            raise BadInput(f"--hidden {hidden}: {err}") from None
+        _write(dump_problem(document), out)
         return
     if file is None:
         raise BadInput("give a problem FILE (.json or .toml), or --example to print one")
     try:
         if str(file) == "-":
-            problem = problem_from_text(sys.stdin.read(), "json", "standard input")
+            problem = problem_from_text(sys.stdin.read(MAX_FILE_BYTES + 1), "json", "standard input")
         else:
             problem = load_problem(file)
     except ProblemError as err:
@@ -109,7 +132,11 @@ def backprop(file: Path | None, example: bool, hidden: int, weight_spec: str, fm
     elif fmt == "latex":
         _write(render_latex(result, weight, digits), out)
     elif out is None:
-        render_text(result, weight, Console(), digits)
+        terminal = Console()
+        rendered = io.StringIO()
+        render_text(result, weight, Console(file=rendered, width=terminal.width), digits)
+        _check_encoding(rendered.getvalue())
+        render_text(result, weight, terminal, digits)
     else:
         text = io.StringIO()
         render_text(result, weight, Console(file=text, width=120), digits)

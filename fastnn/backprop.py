@@ -45,6 +45,14 @@ CONVENTION = (
 )
 
 
+MAX_PARAMETERS = 10_000
+"""The most weights and biases a problem may have: a trace is written for a person to follow by hand,
+and each parameter adds lines to it (a 3000x3000 network took minutes and wrote hundreds of MB)."""
+MAX_LAYERS = 20
+MAX_FILE_BYTES = 2**20
+"""The largest problem file read: a problem at the parameter limit takes a few hundred kB."""
+
+
 class ProblemError(ValueError):
     """A problem file or a weight index that cannot be used; the message names the key and the fix."""
 
@@ -112,9 +120,13 @@ def _count(n: int, noun: str) -> str:
 def _number(value: object, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProblemError(f"{key} is {value!r}, not a number: write a plain number such as 0.1")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # a whole number of hundreds of digits
+        raise ProblemError(f"{key} is a whole number too large for a float: write a finite number") from None
+    if not math.isfinite(number):
         raise ProblemError(f"{key} is {value!r}: write a finite number")
-    return float(value)
+    return number
 
 
 def _vector(value: object, key: str) -> np.ndarray:
@@ -150,8 +162,12 @@ def parse_problem(data: object) -> Problem:
     x = _vector(data["x"], "x")
     target = _vector(data["target"], "target")
     learning_rate = _number(data["learning_rate"], "learning_rate")
+    if not learning_rate > 0:
+        raise ProblemError(f"learning_rate is {learning_rate:g}: write a number > 0, e.g. 0.1")
     if not isinstance(data["layers"], list) or not data["layers"]:
         raise ProblemError(f"layers must be a non-empty list: {_TOP_KEYS['layers']}")
+    if len(data["layers"]) > MAX_LAYERS:
+        raise ProblemError(f"layers has {len(data['layers'])} entries; a trace is for at most {MAX_LAYERS} layers")
     layers = []
     previous_name, previous_size = "layer 0 (x)", len(x)
     for i, entry in enumerate(data["layers"]):
@@ -173,6 +189,12 @@ def parse_problem(data: object) -> Problem:
             )
         layers.append(Layer(weights, biases))
         previous_name, previous_size = f"layer {i + 1} ({key})", weights.shape[0]
+    parameters = sum(layer.weights.size + layer.biases.size for layer in layers)
+    if parameters > MAX_PARAMETERS:
+        raise ProblemError(
+            f"the network has {parameters:,} weights and biases; a trace, written to be followed by hand, "
+            f"is for at most {MAX_PARAMETERS:,}: use a smaller network"
+        )
     if len(target) != previous_size:
         raise ProblemError(
             f"target has {_count(len(target), 'number')} but the last layer has {_count(previous_size, 'neuron')}: "
@@ -183,8 +205,12 @@ def parse_problem(data: object) -> Problem:
 
 def problem_from_text(text: str, kind: str, name: str = "the file") -> Problem:
     """Decode ``text`` as ``kind`` ("json" or "toml") and :func:`parse_problem` it."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ProblemError(f"{name} is larger than {MAX_FILE_BYTES // 2**20} MiB, too large for a problem file")
     try:
         data = json.loads(text) if kind == "json" else tomllib.loads(text)
+    except RecursionError:
+        raise ProblemError(f"{name} nests lists or tables too deeply to be a problem file") from None
     except json.JSONDecodeError as err:
         raise ProblemError(
             f"{name} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}): fix the syntax, "
@@ -193,6 +219,8 @@ def problem_from_text(text: str, kind: str, name: str = "the file") -> Problem:
     except tomllib.TOMLDecodeError as err:
         reason = " ".join(str(err).split())
         raise ProblemError(f"{name} is not valid TOML ({reason}): fix the syntax") from None
+    except ValueError as err:  # e.g. a whole number of more digits than Python converts
+        raise ProblemError(f"{name} cannot be read ({err})") from None
     return parse_problem(data)
 
 
@@ -203,9 +231,14 @@ def load_problem(path: str | Path) -> Problem:
     if kind is None:
         raise ProblemError(f"{path}: unknown file type {path.suffix!r}: use a .json or a .toml file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # no more than that is ever read into memory
     except OSError as err:
         raise ProblemError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ProblemError(f"{path} is larger than {MAX_FILE_BYTES // 2**20} MiB, too large for a problem file")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProblemError(f"{path} is not UTF-8 text: save it as a UTF-8 .{kind} file") from None
     return problem_from_text(text, kind, str(path))

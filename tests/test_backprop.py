@@ -350,3 +350,56 @@ def test_bad_weight_index_or_missing_file(tmp_path, args, expected):
     assert result.output.count("\n") == 1
     assert (expected or "give a problem FILE") in result.output
     assert run(str(tmp_path / "absent.json")).output.startswith("Error: cannot read")
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def _one_line(result, code):
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (json.dumps({**MAZUR, "learning_rate": int("9" * 401)}), "learning_rate is a whole number too large"),
+        ("[" * 100_000, "standard input nests lists or tables too deeply"),
+        (json.dumps(MAZUR).replace("0.05", "9" * 5000), "standard input cannot be read (Exceeds the limit"),
+        (json.dumps({**MAZUR, "learning_rate": -1}), "learning_rate is -1: write a number > 0"),
+        (json.dumps({**MAZUR, "learning_rate": 0}), "learning_rate is 0: write a number > 0"),
+        (" " * (bp.MAX_FILE_BYTES + 1), "standard input is larger than 1 MiB"),
+    ],
+    ids=["401-digits", "nested", "5000-digits", "negative-lr", "zero-lr", "large"],
+)
+def test_bad_problem_files_are_one_line_errors(text, message):
+    assert message in _one_line(run("-", stdin=text), 2)
+
+
+def test_networks_beyond_the_size_limit_are_refused(tmp_path):
+    # 101 x 100 weights and 100 biases, 10,200 in all: the first size past the limit.
+    wide = {"x": [0.5] * 100, "target": [0.5] * 100, "learning_rate": 0.1,
+            "layers": [{"weights": [[0.1] * 100] * 100, "biases": [0.1] * 100}]}  # fmt: skip
+    assert "the network has 10,100 weights and biases" in _one_line(run("-", stdin=json.dumps(wide)), 2)
+    deep = {**MAZUR, "layers": [{"weights": [[0.1, 0.1], [0.1, 0.1]], "biases": [0.1, 0.1]}] * 21}
+    assert "layers has 21 entries; a trace is for at most 20 layers" in _one_line(run("-", stdin=json.dumps(deep)), 2)
+    big = tmp_path / "net.json"
+    big.write_text(json.dumps(MAZUR) + " " * bp.MAX_FILE_BYTES)
+    assert f"{big} is larger than 1 MiB" in _one_line(run(str(big)), 2)
+    assert "--hidden 2000: the network has 12,002 weights" in _one_line(run("--example", "--hidden", "2000"), 2)
+    assert run("--example", "--hidden", "1000").exit_code == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"at most {bp.MAX_PARAMETERS:,} weights and biases, {bp.MAX_LAYERS} layers" in " ".join(readme.split())
+
+
+def test_an_output_encoding_without_the_symbols_is_a_one_line_error(tmp_path):
+    problem = tmp_path / "net.json"
+    problem.write_text(json.dumps(MAZUR))
+    ascii_runner = CliRunner(charset="ascii")
+    result = ascii_runner.invoke(backprop, [str(problem)], env={"COLUMNS": "160"})
+    assert "encoding (ascii) cannot write" in _one_line(result, 1)
+    assert "PYTHONIOENCODING=utf-8" in result.output
+    for args in (["--example"], [str(problem), "--format", "markdown"]):
+        assert ascii_runner.invoke(backprop, args).exit_code == 0
