@@ -2,6 +2,7 @@
 ``data``) on the real archive named by FASTNN_DATA_DIR. No test touches the network: downloads are
 served from ``file://`` URLs or from a fake opener."""
 
+import codecs
 import hashlib
 import io
 import os
@@ -415,3 +416,52 @@ def test_real_cifar10(monkeypatch):
     split = prepare(raw, validation=0)
     np.testing.assert_allclose(split.mean, means, rtol=1e-12)
     np.testing.assert_allclose(split.std, (0.2470, 0.2435, 0.2616), atol=1e-3)
+
+
+# --- copies re-pickled by Python 3 with protocol 2 ------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_a_copy_repickled_with_protocol_2_loads(tmp_path, layout):
+    # Protocol 2 has no bytes opcode: Python 3 writes bytes as _codecs.encode(text, "latin1") and an
+    # empty one as bytes(), which the restricted unpickler must answer.
+    members = fake_members()
+    members["data_batch_3"][b"batch_label"] = b""
+    repickled = {name: pickle.dumps(obj, protocol=2) for name, obj in members.items()}
+    assert b"_codecs\nencode" in repickled["data_batch_1"] and b"bytes" in repickled["data_batch_3"]
+    (write_archive if layout == "archive" else write_folder)(tmp_path / "d", repickled)
+    raw = load_cifar10(tmp_path / "d", download=False, _images_per_batch=N)
+    np.testing.assert_array_equal(raw.x_train, np.concatenate([members[b][b"data"] for b in cifar10.TRAIN_BATCHES]))
+    np.testing.assert_array_equal(raw.y_test, members["test_batch"][b"labels"])
+    assert raw.class_names == CLASS_NAMES
+
+
+class _Call:
+    """Unpickling this calls ``function(*args)``: a pickle asking for a name the loader does allow."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (lambda marker: _Payload(marker), "open"),
+        (lambda marker: _Call(codecs.encode, "x", "rot13"), "encodes bytes in a way CIFAR-10 never does"),
+        (lambda marker: _Call(codecs.encode, b"x", "zlib_codec"), "encodes bytes in a way CIFAR-10 never does"),
+        (lambda marker: _Call(bytes, 10**12), "bytes"),
+    ],
+    ids=["open", "rot13", "zlib", "huge-bytes"],
+)
+def test_protocol_2_pickles_run_no_code_either(tmp_path, payload, fragment):
+    marker = tmp_path / "pwned"
+    members = fake_members()
+    members["data_batch_2"] = pickle.dumps({b"data": payload(marker), b"labels": []}, protocol=2)
+    write_folder(tmp_path / "d", members)
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path / "d", download=False, _images_per_batch=N)
+    assert_one_line(error, "data_batch_2", "CIFAR-10 pickle", fragment)
+    assert not marker.exists()

@@ -179,12 +179,26 @@ class Cifar10Split:
     class_names: tuple[str, ...]
 
 
+def _latin1_bytes(text: object, encoding: object) -> bytes:
+    """``_codecs.encode(text, "latin1")``, the one call Python 3 pickles bytes as under protocol 2
+    (which has no bytes opcode); any other encoding, or a non-string, is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("it encodes bytes in a way CIFAR-10 never does")
+    return text.encode("latin1")
+
+
+def _empty_bytes() -> bytes:
+    """``bytes()``, how Python 3 pickles an empty bytes object under protocol 2 (never with arguments)."""
+    return b""
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, ints and uint8 arrays.
 
     A pickle names the callables it wants run; this one answers only the three that rebuild a NumPy
-    array, so a pickle that asks for anything else (os.system, builtins.eval...) fails before any of
-    it runs. The official files were written by NumPy 1 (``numpy.core``), newer copies by NumPy 2
+    array, and two that rebuild bytes in a copy re-pickled by Python 3 with protocol 2, so a pickle
+    that asks for anything else (os.system, builtins.eval...) fails before any of it runs. The
+    official files were written by NumPy 1 (``numpy.core``), newer copies by NumPy 2
     (``numpy._core``); both names map to the same function.
     """
 
@@ -193,6 +207,9 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
     }
 
     def find_class(self, module: str, name: str) -> object:
