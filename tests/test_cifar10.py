@@ -465,3 +465,18 @@ def test_protocol_2_pickles_run_no_code_either(tmp_path, payload, fragment):
         load_cifar10(tmp_path / "d", download=False, _images_per_batch=N)
     assert_one_line(error, "data_batch_2", "CIFAR-10 pickle", fragment)
     assert not marker.exists()
+
+
+def test_a_read_only_folder_without_the_data_says_the_data_is_missing(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path.parent))
+
+    monkeypatch.setattr(cifar10, "temporary_beside", refuse)  # as in a folder this user cannot write
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path, progress=False)
+    assert_one_line(
+        error, f"CIFAR-10 is not in {tmp_path} (looked for", "cannot be downloaded there", "Permission denied",
+        f"FASTNN_DATA_DIR to a folder holding {cifar10.ARCHIVE_NAME}",
+    )

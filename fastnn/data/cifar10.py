@@ -378,7 +378,9 @@ def download_cifar10(folder: str | os.PathLike, progress: bool = True) -> pathli
         fd, tmp_name = temporary_beside(final)
     except OSError as exc:
         raise DataError(
-            f"cannot write to {folder} ({_one_line(exc)}); pass --data-dir or set FASTNN_DATA_DIR to a writable folder"
+            f"CIFAR-10 is not in {folder} (looked for {FOLDER_NAME}/ and {ARCHIVE_NAME}), and it cannot be downloaded "
+            f"there ({_one_line(exc)}); pass --data-dir or set FASTNN_DATA_DIR to a folder holding {ARCHIVE_NAME}, "
+            "or to a writable folder for the download"
         ) from None
     tmp = pathlib.Path(tmp_name)
     try:
