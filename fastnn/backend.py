@@ -335,7 +335,7 @@ def _cupy_adam_step() -> AdamStep:
 
     def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
         scalar = param.dtype.type  # typed scalars, so that T is the parameter's dtype
-        complements = scalar(1.0 - beta1), scalar(1.0 - beta2)
-        _cupy_adam_kernel(grad, scalar(beta1), scalar(beta2), *complements, scalar(step_size), scalar(eps_hat), param, m, v)
+        betas = scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2)
+        _cupy_adam_kernel(grad, *betas, scalar(step_size), scalar(eps_hat), param, m, v)
 
     return step
