@@ -62,7 +62,10 @@ class DeviceRNG:
     def integers(self, high: int, shape: tuple[int, ...]) -> Any:
         """Integers in [0, high)."""
         if self.backend.name == "cupy":
-            return self._gen.randint(0, high, size=shape, dtype="int64")
+            # floor(u * high) from uniform floats: CuPy's randint over a range that is not a power of two
+            # draws again the values past its limit, and counts them on the host first (a device wait)
+            scaled = self._gen.random_sample(size=shape, dtype="float64") * high
+            return self.backend.xp.minimum(scaled.astype("int64"), high - 1)  # u * high may round up to high
         return self.backend.asarray(self._gen.integers(0, high, size=shape), "int64")
 
     def permutation(self, n: int) -> Any:
