@@ -23,8 +23,8 @@ from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namesp
 log = logging.getLogger("fastnn")
 
 GPU_INSTALL_HINT = (
-    'install CuPy with `pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13), '
-    "or use --device cpu"
+    "install CuPy with its CUDA libraries, `pip install cupy-cuda12x[ctk]` (CUDA 12) or "
+    "`pip install cupy-cuda13x[ctk]` (CUDA 13), or use --device cpu"
 )
 
 
@@ -132,9 +132,10 @@ class Backend:
         """Let float32 matrix products run on TensorFloat-32 tensor cores (NVIDIA Ampere and newer), or not.
 
         TF32 rounds each input of a product to 10 mantissa bits (float32 has 23) and accumulates in
-        float32. Only CuPy has such a mode: returns True there, False (and does nothing) elsewhere.
+        float32. Only CuPy on a GPU of compute capability 8.0 or newer has such a mode: returns True
+        there, False (and does nothing) elsewhere.
         """
-        if self.name != "cupy":
+        if self.name != "cupy" or int(self.xp.cuda.Device().compute_capability) < 80:
             return False
         _cupy_set_tf32(enabled)
         return True
@@ -153,13 +154,38 @@ def _cupy_backend() -> Backend:
         import cupy
     except ImportError as exc:  # a broken CUDA install raises other ImportErrors than "no module"
         raise BackendUnavailable(f"CuPy is not importable ({exc}); {GPU_INSTALL_HINT}") from exc
+    except OSError as exc:  # CuPy 14 makes its kernel cache, ~/.cupy/kernel_cache, when imported
+        raise BackendUnavailable(
+            f"CuPy could not start ({exc}); set CUPY_CACHE_DIR to a folder you can write, or use --device cpu"
+        ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when no driver is present
         raise BackendUnavailable(f"CuPy found no usable CUDA driver ({exc}); use --device cpu") from exc
     if count < 1:
         raise BackendUnavailable("CuPy found no GPU; use --device cpu")
+    _probe_cupy(cupy)
     return Backend("cupy", cupy, cupy.cuda.Device())
+
+
+_cupy_probed = False
+
+
+def _probe_cupy(cupy: ModuleType) -> None:
+    """Run a small kernel and a matrix product once, so that a GPU without the CUDA libraries CuPy
+    loads (NVRTC and the CUDA headers for its kernels, cuBLAS for products) is found before training
+    starts rather than at its first step: a driver that reports a GPU says nothing of them."""
+    global _cupy_probed
+    if _cupy_probed:
+        return
+    try:
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+        cupy.matmul(a, a + 1).sum().item()  # item() waits for the three kernels and reports their errors
+    except Exception as exc:  # CompileException, CUDARuntimeError, or a library that failed to load
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        raise BackendUnavailable(f"CuPy cannot run on this GPU ({reason}); {GPU_INSTALL_HINT}") from exc
+    _cupy_probed = True
 
 
 def _cupy_set_tf32(enabled: bool) -> None:

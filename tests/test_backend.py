@@ -144,3 +144,70 @@ def test_cupy_adam_kernel_rounds_like_the_numpy_path(monkeypatch):
         return param
 
     np.testing.assert_allclose(trajectory(True), trajectory(False), rtol=2e-6, atol=2e-8)
+
+
+class _CupyStartFails:
+    """A meta-path finder under which ``import cupy`` raises what CuPy 14 raises where HOME is not
+    writable (``docker run --user``): it makes ``~/.cupy/kernel_cache`` when imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "cupy":
+            raise PermissionError(13, "Permission denied", "/home/nobody/.cupy")
+        return None
+
+
+def test_cupy_failing_to_start_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_CupyStartFails(), *sys.meta_path])
+    with pytest.raises(BackendUnavailable, match=r"^CuPy could not start \(.*Permission denied.*CUPY_CACHE_DIR"):
+        get_backend("gpu")
+    backend = get_backend("auto")
+    assert backend.name == "numpy" and "CuPy could not start" in backend.note
+
+
+def _fake_cupy_with_a_gpu(arange=np.arange, matmul=np.matmul, compute_capability="90"):
+    """A CuPy whose driver reports one GPU; its arrays are NumPy's, its ``arange`` and ``matmul`` replaceable."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    device = types.SimpleNamespace(id=0, compute_capability=compute_capability)
+    cuda = types.SimpleNamespace(runtime=runtime, Device=lambda: device)
+    return types.SimpleNamespace(cuda=cuda, arange=arange, matmul=matmul, float32=np.float32)
+
+
+class CompileException(Exception):
+    pass
+
+
+def _no_headers(*args, **kwargs):
+    raise CompileException("Failed to find CUDA headers\n(the rest of NVRTC's log)")
+
+
+def _no_cublas(*args, **kwargs):
+    raise RuntimeError("CuPy failed to load libcublas.so.12: OSError: libcublas.so.12: cannot open shared object file")
+
+
+@pytest.mark.parametrize("broken", [{"arange": _no_headers}, {"matmul": _no_cublas}], ids=["kernel", "cublas"])
+def test_auto_probes_the_gpu_before_choosing_it(monkeypatch, broken):
+    """A driver that reports a GPU, without the CUDA libraries CuPy needs (the headers for its kernels,
+    cuBLAS): "gpu" says so in one line, "auto" takes the CPU; with them, CuPy is chosen."""
+    import fastnn.backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_cupy_probed", False)
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy_with_a_gpu(**broken))
+    with pytest.raises(BackendUnavailable, match=r"^CuPy cannot run on this GPU \((CompileException|RuntimeError): "):
+        get_backend("gpu")
+    with pytest.raises(BackendUnavailable, match=r"cupy-cuda12x\[ctk\]"):
+        get_backend("gpu")
+    assert get_backend("auto").name == "numpy"
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy_with_a_gpu())
+    assert get_backend("auto").name == "cupy"
+
+
+@pytest.mark.parametrize("capability, has_tf32", [("75", False), ("80", True), ("90", True)])
+def test_set_tf32_only_where_the_gpu_has_tf32(monkeypatch, capability, has_tf32):
+    import fastnn.backend as backend_module
+
+    calls = []
+    monkeypatch.setattr(backend_module, "_cupy_set_tf32", calls.append)
+    gpu = backend_module.Backend("cupy", _fake_cupy_with_a_gpu(compute_capability=capability))
+    assert gpu.set_tf32(True) is has_tf32
+    assert calls == ([True] if has_tf32 else [])
