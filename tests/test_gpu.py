@@ -1,8 +1,14 @@
 """CuPy against NumPy: the same training steps from the same host-made weights agree to float32 tolerance.
 
 Marked ``gpu`` (``pytest -m gpu`` runs just these); skipped where CuPy or a GPU is missing, as in CPU CI.
-The one unmarked test checks on the CPU the float32 error bound that the TF32 test relies on.
+The unmarked tests check on the CPU what the GPU run relies on: the float32 error bound of the TF32
+test, and that ``bench/gpu_check.sh`` stops at once when its wheels did not travel with it.
 """
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +141,23 @@ def test_tf32_rounds_the_inputs_of_products_and_turns_off_again(gpu):
     assert fast == 1024.0
     exact = TF32_N * float(np.float32(TF32_INPUT))
     assert abs(full - exact) <= float32_dot_error_bound(TF32_N, exact)
+
+
+def test_gpu_check_stops_at_once_without_its_wheels(tmp_path):
+    """Without the carried wheels every step would fail on a missing array_api_compat: the script says
+    so in one line and exits 2, having run nothing. (A Python without site-packages plays the device's.)"""
+    root = Path(__file__).resolve().parents[1]
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    (fake_bin / "python3").chmod(0o755)
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho nvidia-smi ran >&2; exit 1\n")
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    env.pop("PYTHONPATH", None)
+    script = root / "bench" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "array-api-compat or array-api-strict is missing" in done.stdout and "carry .whl" in done.stdout
+    assert "nvidia-smi ran" not in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-steps.txt"]
