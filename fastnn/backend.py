@@ -23,8 +23,8 @@ from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namesp
 log = logging.getLogger("fastnn")
 
 GPU_INSTALL_HINT = (
-    'install CuPy with `pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13), '
-    "or use --device cpu"
+    "install CuPy with its CUDA libraries, `pip install cupy-cuda12x[ctk]` (CUDA 12) or "
+    "`pip install cupy-cuda13x[ctk]` (CUDA 13), or use --device cpu"
 )
 
 
@@ -62,7 +62,10 @@ class DeviceRNG:
     def integers(self, high: int, shape: tuple[int, ...]) -> Any:
         """Integers in [0, high)."""
         if self.backend.name == "cupy":
-            return self._gen.randint(0, high, size=shape, dtype="int64")
+            # floor(u * high) from uniform floats: CuPy's randint over a range that is not a power of two
+            # draws again the values past its limit, and counts them on the host first (a device wait)
+            scaled = self._gen.random_sample(size=shape, dtype="float64") * high
+            return self.backend.xp.minimum(scaled.astype("int64"), high - 1)  # u * high may round up to high
         return self.backend.asarray(self._gen.integers(0, high, size=shape), "int64")
 
     def permutation(self, n: int) -> Any:
@@ -132,9 +135,10 @@ class Backend:
         """Let float32 matrix products run on TensorFloat-32 tensor cores (NVIDIA Ampere and newer), or not.
 
         TF32 rounds each input of a product to 10 mantissa bits (float32 has 23) and accumulates in
-        float32. Only CuPy has such a mode: returns True there, False (and does nothing) elsewhere.
+        float32. Only CuPy on a GPU of compute capability 8.0 or newer has such a mode: returns True
+        there, False (and does nothing) elsewhere.
         """
-        if self.name != "cupy":
+        if self.name != "cupy" or int(self.xp.cuda.Device().compute_capability) < 80:
             return False
         _cupy_set_tf32(enabled)
         return True
@@ -153,13 +157,38 @@ def _cupy_backend() -> Backend:
         import cupy
     except ImportError as exc:  # a broken CUDA install raises other ImportErrors than "no module"
         raise BackendUnavailable(f"CuPy is not importable ({exc}); {GPU_INSTALL_HINT}") from exc
+    except OSError as exc:  # CuPy 14 makes its kernel cache, ~/.cupy/kernel_cache, when imported
+        raise BackendUnavailable(
+            f"CuPy could not start ({exc}); set CUPY_CACHE_DIR to a folder you can write, or use --device cpu"
+        ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when no driver is present
         raise BackendUnavailable(f"CuPy found no usable CUDA driver ({exc}); use --device cpu") from exc
     if count < 1:
         raise BackendUnavailable("CuPy found no GPU; use --device cpu")
+    _probe_cupy(cupy)
     return Backend("cupy", cupy, cupy.cuda.Device())
+
+
+_cupy_probed = False
+
+
+def _probe_cupy(cupy: ModuleType) -> None:
+    """Run a small kernel and a matrix product once, so that a GPU without the CUDA libraries CuPy
+    loads (NVRTC and the CUDA headers for its kernels, cuBLAS for products) is found before training
+    starts rather than at its first step: a driver that reports a GPU says nothing of them."""
+    global _cupy_probed
+    if _cupy_probed:
+        return
+    try:
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+        cupy.matmul(a, a + 1).sum().item()  # item() waits for the three kernels and reports their errors
+    except Exception as exc:  # CompileException, CUDARuntimeError, or a library that failed to load
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        raise BackendUnavailable(f"CuPy cannot run on this GPU ({reason}); {GPU_INSTALL_HINT}") from exc
+    _cupy_probed = True
 
 
 def _cupy_set_tf32(enabled: bool) -> None:
@@ -315,17 +344,22 @@ _cupy_adam_kernel = None
 
 
 def _cupy_adam_step() -> AdamStep:
-    """One CUDA kernel per parameter: reads param, grad, m, v once and writes param, m, v once."""
+    """One CUDA kernel per parameter: reads param, grad, m, v once and writes param, m, v once.
+
+    ``1 - beta1`` and ``1 - beta2`` come in as scalars worked out on the host in double precision, as
+    the NumPy path has them: in float32 inside the kernel, ``1 - float32(0.999)`` is 0.00099998713,
+    1.3e-5 off, against 0.0010000000475 for the rounded exact complement.
+    """
     global _cupy_adam_kernel
     import cupy
 
     if _cupy_adam_kernel is None:
         _cupy_adam_kernel = cupy.ElementwiseKernel(
-            "T grad, T beta1, T beta2, T step_size, T eps_hat",
+            "T grad, T beta1, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T eps_hat",
             "T param, T m, T v",
             """
-            m = beta1 * m + (1 - beta1) * grad;
-            v = beta2 * v + (1 - beta2) * grad * grad;
+            m = beta1 * m + one_minus_beta1 * grad;
+            v = beta2 * v + one_minus_beta2 * (grad * grad);
             param -= step_size * m / (sqrt(v) + eps_hat);
             """,
             "fastnn_adam",
@@ -333,6 +367,7 @@ def _cupy_adam_step() -> AdamStep:
 
     def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
         scalar = param.dtype.type  # typed scalars, so that T is the parameter's dtype
-        _cupy_adam_kernel(grad, scalar(beta1), scalar(beta2), scalar(step_size), scalar(eps_hat), param, m, v)
+        betas = scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2)
+        _cupy_adam_kernel(grad, *betas, scalar(step_size), scalar(eps_hat), param, m, v)
 
     return step

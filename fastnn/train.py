@@ -164,7 +164,9 @@ def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
     cols = cols + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
     rows = pixel[None, :] + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
     inside = ((rows >= 0) & (rows < 32))[:, :, None] & ((cols >= 0) & (cols < 32))[:, None, :]  # (batch, 32, 32)
-    source = xp.clip(rows, 0, 31)[:, :, None] * 32 + xp.clip(cols, 0, 31)[:, None, :]
+    # minimum/maximum, not clip: array-api-compat's clip for CuPy assigns through boolean masks, and
+    # each of those reads a count back from the device
+    source = xp.minimum(xp.maximum(rows, 0), 31)[:, :, None] * 32 + xp.minimum(xp.maximum(cols, 0), 31)[:, None, :]
     offsets = xp.arange(batch, device=dev)[:, None, None, None] * 3072 + xp.arange(3, device=dev)[:, None, None] * 1024
     index = xp.reshape(offsets + source[:, None, :, :], (-1,))  # (batch * 3072,) positions in x
     pixels = xp.reshape(xp.take(xp.reshape(x, (-1,)), index), (batch, 3, 32, 32))

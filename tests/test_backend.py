@@ -97,3 +97,117 @@ def test_namespace_is_array_namespace_kept_per_type(backend):
     assert namespace(backend.asarray([3], "int64")) is namespace(x)  # the same type, the same answer
     with pytest.raises(TypeError):
         namespace([1.0, 2.0])
+
+
+class _EmulatedElementwiseKernel:
+    """``cupy.ElementwiseKernel`` run on the host: the kernel's body as NumPy statements on its arguments.
+
+    Each ``T`` argument is a float32 array or a NumPy float32 scalar, so every operation rounds to
+    float32 as the device does, and a constant like ``1`` in ``1 - beta1`` is applied to the float32
+    value the kernel was given (C's usual arithmetic conversions, NEP 50's weak Python scalars).
+    """
+
+    def __init__(self, in_params, out_params, operation, name):
+        self.in_names = [p.split()[-1] for p in in_params.split(",")]
+        self.out_names = [p.split()[-1] for p in out_params.split(",")]
+        self.statements = [line.strip().rstrip(";") for line in operation.strip().splitlines()]
+
+    def __call__(self, *args):
+        names = self.in_names + self.out_names
+        values = dict(zip(names, args, strict=True), sqrt=np.sqrt)
+        for statement in self.statements:
+            exec(statement, {}, values)  # noqa: S102 - the kernel's own three lines
+        for name, array in zip(self.out_names, args[len(self.in_names) :]):
+            array[...] = values[name]
+
+
+def test_cupy_adam_kernel_rounds_like_the_numpy_path(monkeypatch):
+    """The fused CuPy kernel's float32 arithmetic, emulated on the host, against Adam's formula on
+    NumPy: four steps of the trajectory that ``test_fused_adam_matches_the_formula`` uses, to its
+    float32 tolerance. ``1 - beta2`` worked out in float32 inside the kernel is 1.3e-5 off and fails."""
+    import fastnn.backend as backend_module
+    import fastnn.optimizers as optimizers
+    from fastnn.optimizers import Adam
+
+    fake_cupy = types.SimpleNamespace(ElementwiseKernel=_EmulatedElementwiseKernel)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(backend_module, "_cupy_adam_kernel", None)
+    monkeypatch.setattr(optimizers, "fused_adam_step", lambda xp: backend_module._cupy_adam_step())
+
+    def trajectory(fused):
+        rng = np.random.default_rng(0)
+        param = rng.normal(size=(300, 70)).astype(np.float32)
+        optimizer = Adam(fused=fused)
+        for t in range(4):
+            grad = rng.normal(scale=10.0**-t, size=param.shape).astype(np.float32)
+            optimizer.step([("p", param, grad)], lr=0.01)
+        return param
+
+    np.testing.assert_allclose(trajectory(True), trajectory(False), rtol=2e-6, atol=2e-8)
+
+
+class _CupyStartFails:
+    """A meta-path finder under which ``import cupy`` raises what CuPy 14 raises where HOME is not
+    writable (``docker run --user``): it makes ``~/.cupy/kernel_cache`` when imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "cupy":
+            raise PermissionError(13, "Permission denied", "/home/nobody/.cupy")
+        return None
+
+
+def test_cupy_failing_to_start_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_CupyStartFails(), *sys.meta_path])
+    with pytest.raises(BackendUnavailable, match=r"^CuPy could not start \(.*Permission denied.*CUPY_CACHE_DIR"):
+        get_backend("gpu")
+    backend = get_backend("auto")
+    assert backend.name == "numpy" and "CuPy could not start" in backend.note
+
+
+def _fake_cupy_with_a_gpu(arange=np.arange, matmul=np.matmul, compute_capability="90"):
+    """A CuPy whose driver reports one GPU; its arrays are NumPy's, its ``arange`` and ``matmul`` replaceable."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    device = types.SimpleNamespace(id=0, compute_capability=compute_capability)
+    cuda = types.SimpleNamespace(runtime=runtime, Device=lambda: device)
+    return types.SimpleNamespace(cuda=cuda, arange=arange, matmul=matmul, float32=np.float32)
+
+
+class CompileException(Exception):
+    pass
+
+
+def _no_headers(*args, **kwargs):
+    raise CompileException("Failed to find CUDA headers\n(the rest of NVRTC's log)")
+
+
+def _no_cublas(*args, **kwargs):
+    raise RuntimeError("CuPy failed to load libcublas.so.12: OSError: libcublas.so.12: cannot open shared object file")
+
+
+@pytest.mark.parametrize("broken", [{"arange": _no_headers}, {"matmul": _no_cublas}], ids=["kernel", "cublas"])
+def test_auto_probes_the_gpu_before_choosing_it(monkeypatch, broken):
+    """A driver that reports a GPU, without the CUDA libraries CuPy needs (the headers for its kernels,
+    cuBLAS): "gpu" says so in one line, "auto" takes the CPU; with them, CuPy is chosen."""
+    import fastnn.backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_cupy_probed", False)
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy_with_a_gpu(**broken))
+    with pytest.raises(BackendUnavailable, match=r"^CuPy cannot run on this GPU \((CompileException|RuntimeError): "):
+        get_backend("gpu")
+    with pytest.raises(BackendUnavailable, match=r"cupy-cuda12x\[ctk\]"):
+        get_backend("gpu")
+    assert get_backend("auto").name == "numpy"
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy_with_a_gpu())
+    assert get_backend("auto").name == "cupy"
+
+
+@pytest.mark.parametrize("capability, has_tf32", [("75", False), ("80", True), ("90", True)])
+def test_set_tf32_only_where_the_gpu_has_tf32(monkeypatch, capability, has_tf32):
+    import fastnn.backend as backend_module
+
+    calls = []
+    monkeypatch.setattr(backend_module, "_cupy_set_tf32", calls.append)
+    gpu = backend_module.Backend("cupy", _fake_cupy_with_a_gpu(compute_capability=capability))
+    assert gpu.set_tf32(True) is has_tf32
+    assert calls == ([True] if has_tf32 else [])

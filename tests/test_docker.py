@@ -34,10 +34,29 @@ def test_dockerfile_runs_fastnn_with_a_data_volume(dockerfile):
     assert "FASTNN_DATA_DIR=/data" in text
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)
     if dockerfile.suffix == ".gpu":
-        assert base.startswith("nvidia/cuda:12.") and "runtime" in base
+        assert base.startswith("nvidia/cuda:12.") and "-base-" in base  # CUDA's libraries come as wheels
         assert '".[gpu' in text
     else:
         assert base.startswith("python:") and base.endswith("-slim")
+
+
+def test_gpu_extras_bring_the_cuda_libraries_and_headers():
+    """CuPy's [ctk] extra (CuPy 14 and later) installs NVRTC, cuBLAS, cuRAND and the CUDA headers that
+    CuPy 14's kernels need as wheels; the GPU image's base has none of them, and no runtime image has
+    the headers. (CuPy 13 has no [ctk] extra: pip would warn and install CuPy alone.)"""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for extra, package in (("gpu", "cupy-cuda12x"), ("cuda13", "cupy-cuda13x")):
+        line = re.search(rf"^{extra} = \[(.*)\]", pyproject, re.M).group(1)
+        assert f'"{package}[ctk]>=14"' in line, line
+
+
+def test_gpu_image_keeps_cupys_kernels_where_any_user_may_write():
+    """CuPy 14 makes its kernel cache when imported; its default, ~/.cupy, is not writable under
+    ``docker run --user`` (which docker/README.md recommends), and CuPy then fails to import."""
+    text = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    cache = re.search(r"^\s+CUPY_CACHE_DIR=(\S+)", text, re.M).group(1)
+    writable = re.search(r"chmod 1777 (.*)$", text, re.M).group(1).split() + ["/tmp"]
+    assert any(cache.startswith(folder + "/") for folder in writable), (cache, writable)
 
 
 def test_dockerignore_keeps_the_context_small():
