@@ -227,9 +227,9 @@ def inspection_figure(view: dict[str, Any], tiles: np.ndarray, mistakes: np.ndar
 def _png(array_or_figure: Any) -> bytes:
     buffer = io.BytesIO()
     if isinstance(array_or_figure, np.ndarray):
-        from matplotlib.image import imsave
+        from PIL import Image  # matplotlib's own dependency; it writes RGB as RGB, matplotlib as RGBA
 
-        imsave(buffer, array_or_figure, format="png")
+        Image.fromarray(array_or_figure).save(buffer, format="png")
     else:
         array_or_figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
