@@ -47,7 +47,8 @@ def inspect_command(model: str, out_dir: str | None, device: str, data_dir: str 
     network = measured.network
     probabilities = class_probabilities(network, backend.asarray(measured.split.x_test, measured.config.dtype))
     layers = "-".join(map(str, network.sizes))
-    title = f"{Path(model)}: {layers} ({measured.config.activation}), test accuracy {measured.accuracy:.2%}"
+    activation = f" ({measured.config.activation})" if len(network.sizes) > 2 else ""
+    title = f"{Path(model)}: {layers}{activation}, test accuracy {measured.accuracy:.2%}"
     rows, note = read_metrics(Path(model).parent / "metrics.jsonl")
     if note:
         err_console.print(f"[yellow]note:[/yellow] {escape(note)}")
