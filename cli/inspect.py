@@ -39,9 +39,10 @@ def inspect_command(model: str, out_dir: str | None, device: str, data_dir: str 
     try:
         require_matplotlib()
     except ReportError as exc:
-        raise click.UsageError(str(exc).replace("curves.png and report.pdf", "fastnn inspect")) from exc
+        raise click.UsageError('fastnn inspect draws with matplotlib: pip install "fastnn[plots]"') from exc
     out = Path(out_dir) if out_dir is not None else Path(model).parent
-    check_out_dir(out)
+    if out_dir is not None or out.is_dir():  # a mistyped MODEL's folder is not made: loading it says what is wrong
+        check_out_dir(out)
     backend = resolve_backend(device)
     measured = measure(model, backend, data_dir)
     network = measured.network

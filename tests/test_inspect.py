@@ -200,6 +200,13 @@ def test_a_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "inspect.png").exists()
 
 
+def test_a_missing_model_is_a_one_line_error_and_makes_no_folder(tmp_path):
+    result = run("inspect", str(tmp_path / "typo" / "model.npz"), "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'typo' / 'model.npz'}: no such checkpoint")
+    assert result.output.count("\n") == 1 and not (tmp_path / "typo").exists()
+
+
 def test_an_out_folder_that_cannot_be_written_exits_2_and_writes_nothing(raw, tmp_path):
     model = train(raw, tmp_path)
     blocker = tmp_path / "file"
