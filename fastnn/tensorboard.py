@@ -49,13 +49,22 @@ class TensorBoardLogger:
         """The numbers of an :class:`fastnn.train.EpochRecord` at step ``record.epoch`` (those that
         are not measured, e.g. validation without a validation set, are left out), and a histogram of
         each parameter, read to the host once."""
-        for tag, name in SCALARS.items():
-            value = getattr(record, name)
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(tag, value, record.epoch)
+        self._scalars(record.to_dict())
         for name, value in network.parameters():
             self.writer.add_histogram(f"weights/{name}", network.backend.to_numpy(value), record.epoch)
         self.writer.flush()
+
+    def history(self, rows: list[dict[str, Any]]) -> None:
+        """The scalars of epochs trained earlier (``EpochRecord.to_dict()`` rows; no weights to draw)."""
+        for row in rows:
+            self._scalars(row)
+        self.writer.flush()
+
+    def _scalars(self, row: dict[str, Any]) -> None:
+        for tag, name in SCALARS.items():
+            value = row.get(name)
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(tag, value, row["epoch"])
 
     def test(self, loss: float, accuracy: float, step: int) -> None:
         """The final test-set numbers, at the last epoch's step."""
@@ -97,13 +106,22 @@ class LoggedDisplay:
 
 class TensorBoardReporter:
     """An experiment reporter (:class:`fastnn.experiments.Reporter`) that passes everything on to
-    ``reporter`` and logs each run it trains to ``log_dir/<run-id>/``, one TensorBoard run each."""
+    ``reporter`` and logs each run it trains to ``log_dir/<run-id>/``, one TensorBoard run each. A run
+    finished by an earlier invocation gets the scalars of its saved history, unless its folder has them."""
 
     def __init__(self, reporter: Any, log_dir: str | Path):
         self.reporter, self.log_dir = reporter, Path(log_dir)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.reporter, name)
+
+    def skipped(self, run: Any, record: Any) -> None:
+        self.reporter.skipped(run, record)
+        folder = self.log_dir / run.run_id
+        if not any(folder.glob("events.out.tfevents.*")):
+            logger = TensorBoardLogger(folder)
+            logger.history(record.history)
+            logger.close()
 
     def training(self, run: Any) -> LoggedDisplay:
         return LoggedDisplay(self.reporter.training(run), TensorBoardLogger(self.log_dir / run.run_id))

@@ -120,6 +120,18 @@ def test_experiments_log_one_run_per_subfolder(tmp_path, tiny_data):
         scalars, _ = read_events(board / run_id)
         assert [scalars["loss/train", r["epoch"]] for r in rows] == pytest.approx([r["train_loss"] for r in rows])
 
+    # Resumed without the logs: the finished runs' saved histories are logged, once.
+    first = sorted(board.iterdir())[0]
+    for events in first.iterdir():
+        events.unlink()
+    again = run("experiments", *SMALL, "--quick", "--subset", "200", "--out", str(out), "--tensorboard", str(board))
+    assert again.exit_code == 0 and "skip" in again.output, again.output
+    assert [len(list(folder.iterdir())) for folder in sorted(board.iterdir())] == [1] * len(runs)
+    rows = [json.loads(line) for line in (out / "runs" / first.name / "metrics.jsonl").read_text().splitlines()]
+    scalars, histograms = read_events(first)
+    assert [scalars["accuracy/train", r["epoch"]] for r in rows] == pytest.approx([r["train_accuracy"] for r in rows])
+    assert not histograms
+
 
 def test_without_tensorboardx_the_option_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX now raises ImportError
