@@ -14,7 +14,9 @@ from rich.markup import escape
 
 from fastnn.experiments import ExperimentError, ExperimentSettings, Reporter, RunRecord, quick, run_experiments
 from fastnn.report import ReportError, require_matplotlib, write_report
+from fastnn.tensorboard import TensorBoardReporter
 from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
+from fastnn_cli.tensorboard import check_tensorboard, tensorboard_option
 from fastnn_cli.train import (
     FiniteRange,
     Interrupted,
@@ -137,8 +139,9 @@ class ConsoleReporter(Reporter):
     show_default=True,
     help="k of the 'with schedule' run (exp) when the base has --schedule none.",
 )
+@tensorboard_option
 @click.pass_context
-def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **options) -> None:
+def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, tensorboard_dir: str | None, **options) -> None:
     """Run the assignment's studies from one base config (the options, or their defaults): the base
     run; Adam vs SGD, each at the learning rate a validation sweep chose; with vs without L2; with vs
     without the learning-rate schedule. Writes report.md, curves.png, report.pdf and results.json to
@@ -161,6 +164,7 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
     backend = resolve_backend(base.device)
     note_ignored_options(base, backend)
     check_out_dir(Path(out_dir))
+    board_dir = check_tensorboard(tensorboard_dir)  # one TensorBoard run per trained run: board_dir/<run-id>/
     split = load_split(data_dir, base.validation, base.split_seed, base.subset)
     warning = " [bold red](quick run: not for conclusions)[/bold red]" if settings.quick else ""
     console.print(
@@ -168,7 +172,8 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
         f"{settings.seeds} seed(s), writing to {escape(out_dir)}{warning}"
     )
     try:
-        result = run_experiments(base, settings, split, backend, out_dir, ConsoleReporter())
+        reporter = ConsoleReporter() if board_dir is None else TensorBoardReporter(ConsoleReporter(), board_dir)
+        result = run_experiments(base, settings, split, backend, out_dir, reporter)
         paths = write_report(result, out_dir)
     except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -7,6 +7,7 @@ from fastnn_cli.backprop import backprop
 from fastnn_cli.evaluate import evaluate_command
 from fastnn_cli.experiments import experiments
 from fastnn_cli.info import info
+from fastnn_cli.inspect import inspect_command
 from fastnn_cli.train import train
 
 
@@ -21,3 +22,4 @@ cli.add_command(train)
 cli.add_command(evaluate_command, name="evaluate")
 cli.add_command(backprop)
 cli.add_command(experiments)
+cli.add_command(inspect_command, name="inspect")

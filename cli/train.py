@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 
 from fastnn.data.cifar10 import CLASS_NAMES, IMAGES_PER_BATCH, PIXELS, TRAIN_BATCHES, SplitError, check_split
+from fastnn.tensorboard import TensorBoardLogger
 from fastnn.train import NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
@@ -21,6 +22,7 @@ from fastnn_cli.common import (
     note_ignored_options,
     resolve_backend,
 )
+from fastnn_cli.tensorboard import check_tensorboard, tensorboard_option
 
 DEFAULTS = TrainConfig()
 
@@ -359,7 +361,8 @@ def config_from_options(options: dict) -> TrainConfig:
     default=None,
     help="Folder for model.npz and metrics.jsonl [default: runs/<date-time>].",
 )
-def train(out_dir: str | None, data_dir: str | None, **options) -> None:
+@tensorboard_option
+def train(out_dir: str | None, data_dir: str | None, tensorboard_dir: str | None, **options) -> None:
     """Train a fully-connected network on CIFAR-10; print the test accuracy at the end."""
     config = config_from_options(options)
     backend = resolve_backend(config.device)
@@ -367,9 +370,11 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
     check_split_sizes(config.validation, config.subset)
     out = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     check_out_dir(out)
+    board_dir = check_tensorboard(tensorboard_dir)
     if (out / "model.npz").exists():
         err_console.print(f"[yellow]note:[/yellow] this run replaces {escape(str(out / 'model.npz'))}")
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
+    board = TensorBoardLogger(board_dir) if board_dir else None
     layers = "-".join(map(str, (3072, *config.hidden, 10)))
     console.print(
         f"training {layers} ({config.activation}) on {backend.describe()}: "
@@ -384,6 +389,8 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
     def epoch_end(record, network):
         finished.append(record.epoch)
         display.epoch_end(record, network)
+        if board:
+            board.epoch(record, network)
 
     with TrainingDisplay(config.epochs) as display:
         try:
@@ -415,6 +422,9 @@ def train(out_dir: str | None, data_dir: str | None, **options) -> None:
                 else "no epoch finished, so nothing was saved"
             )
             raise Interrupted(f"interrupted; {kept}") from None
+    if board:
+        board.test(result.test_loss, result.test_accuracy, len(result.history))
+        board.close()
     console.print(
         f"test accuracy [bold]{result.test_accuracy:.2%}[/bold] (test loss {result.test_loss:.4f}) "
         f"after {len(result.history)} epoch{'s' if len(result.history) != 1 else ''} in {result.seconds:.0f}s; "
