@@ -28,16 +28,18 @@ DEFAULTS = TrainConfig()
 
 
 class SizeList(click.ParamType):
-    """Comma-separated positive integers, e.g. ``1024,512``."""
+    """Comma-separated positive integers, e.g. ``1024,512``, or ``none`` for no hidden layer (a linear model)."""
 
     name = "SIZES"
 
     def convert(self, value, param, ctx):
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
+        if str(value).strip().lower() == "none":
+            return ()
         parts = [part.strip() for part in str(value).split(",")]
         if parts == [""]:  # a linear model is a choice too rare to make silently, from a blank value
-            self.fail("give at least one hidden layer size (e.g. 1024,512)", param, ctx)
+            self.fail("give at least one hidden layer size (e.g. 1024,512), or 'none' for a linear model", param, ctx)
         if "" in parts:
             self.fail(f"{value!r} has an empty layer size between commas (e.g. 1024,512)", param, ctx)
         try:
@@ -210,7 +212,7 @@ def training_options(command):
             callback=check_network_fits,
             default=",".join(map(str, DEFAULTS.hidden)),
             show_default=True,
-            help="Hidden layer sizes, comma-separated.",
+            help="Hidden layer sizes, comma-separated; none for a linear model.",
         ),
         click.option(
             "--activation",

@@ -72,6 +72,13 @@ def test_bad_config_files_are_refused(no_data, tmp_path, toml, message):
     assert message in one_line_error(result, 2)
 
 
+@pytest.mark.parametrize("value", ["none", "None"])
+def test_a_linear_model_is_asked_for_by_name(value):
+    from fastnn_cli.train import SizeList
+
+    assert SizeList().convert(value, None, None) == ()
+
+
 def test_a_config_file_that_is_not_utf8_is_named(no_data, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text("epochs = 2\n", encoding="utf-16")
