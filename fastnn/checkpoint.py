@@ -1,7 +1,9 @@
 """Checkpoints and run logs, written whole or not at all.
 
-A checkpoint is one ``.npz``: every parameter as ``param/<name>`` plus ``meta``, a JSON string with
-the architecture, the whole training config, the history and any extra results. Files are written to
+A checkpoint is one ``.npz``: every parameter as ``param/<name>``, every buffer (BatchNorm's running
+statistics) as ``buffer/<name>``, plus ``meta``, a JSON string with the architecture (the layer specs
+of :meth:`fastnn.network.Network.spec`), the whole training config, the history and any extra
+results. Checkpoints from before the layer specs, which record sizes and activation, still load. Files are written to
 a temporary name in the same folder and renamed, so an interruption never leaves half a file.
 """
 
@@ -93,6 +95,7 @@ def _stage(path: Path, data: bytes) -> str:
 def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> None:
     """Save ``network``'s parameters (brought to the host) and ``meta`` (JSON-able) to ``path``."""
     arrays = {f"param/{name}": network.backend.to_numpy(value) for name, value in network.parameters()}
+    arrays.update({f"buffer/{name}": network.backend.to_numpy(value) for name, value in network.buffers()})
     meta = {"format": FORMAT, "architecture": network.architecture(), **meta}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
@@ -112,6 +115,7 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
         with archive:
             meta = json.loads(str(archive["meta"]))
             params = {key.removeprefix("param/"): archive[key] for key in archive.files if key.startswith("param/")}
+            params.update(_buffers(archive))
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise CheckpointError(
             f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}); train again to write a new one"
@@ -123,16 +127,7 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
             "pass a model.npz that `fastnn train` wrote"
         )
     try:
-        arch = meta["architecture"]
-        network = Network(
-            arch["sizes"],
-            arch["activation"],
-            backend=backend,
-            init=arch["init"],
-            dropout=arch["dropout"],
-            l2=arch["l2"],
-            dtype=meta.get("config", {}).get("dtype", "float32"),
-        )
+        network = _network(meta["architecture"], backend, meta.get("config", {}).get("dtype", "float32"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise damaged(path, exc) from exc
     try:
@@ -140,6 +135,27 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
     except ValueError as exc:
         raise CheckpointError(f"{path}: parameters do not match the saved architecture ({exc})") from exc
     return network, meta
+
+
+def _buffers(archive: Any) -> dict[str, Any]:
+    """The ``buffer/<name>`` arrays of an open checkpoint, by name."""
+    return {key.removeprefix("buffer/"): archive[key] for key in archive.files if key.startswith("buffer/")}
+
+
+def _network(arch: dict[str, Any], backend: Any, dtype: str) -> Network:
+    """The network an ``architecture`` describes: from its layer specs, or, in a checkpoint written
+    before there were any, from its sizes and activation."""
+    if "layers" in arch:
+        return Network(spec=arch["layers"], backend=backend, l2=arch["l2"], dtype=dtype)
+    return Network(
+        arch["sizes"],
+        arch["activation"],
+        backend=backend,
+        init=arch["init"],
+        dropout=arch["dropout"],
+        l2=arch["l2"],
+        dtype=dtype,
+    )
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
