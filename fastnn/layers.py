@@ -50,6 +50,8 @@ class Layer:
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description that :func:`build_layer` turns back into this layer."""
+        if type(self) not in LAYER_NAMES:
+            raise ValueError(f"{type(self).__name__} has no name in fastnn.layers.LAYERS: add it there to save it")
         return {"type": LAYER_NAMES[type(self)]}
 
     @classmethod

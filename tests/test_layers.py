@@ -244,6 +244,14 @@ def test_bad_layer_specs_are_clear_value_errors(backend, spec, message):
         layer.width_after(3)
 
 
+def test_a_layer_missing_from_the_registry_says_so():
+    class Square(ReLU):
+        pass
+
+    with pytest.raises(ValueError, match="Square has no name in fastnn.layers.LAYERS"):
+        Square().spec()
+
+
 def test_layers_match_pytorch(backend):
     """GELU (tanh form), LayerNorm and BatchNorm (training, then evaluation): outputs and gradients."""
     torch = pytest.importorskip("torch")
