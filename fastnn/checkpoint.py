@@ -1,7 +1,9 @@
 """Checkpoints and run logs, written whole or not at all.
 
-A checkpoint is one ``.npz``: every parameter as ``param/<name>`` plus ``meta``, a JSON string with
-the architecture, the whole training config, the history and any extra results. Files are written to
+A checkpoint is one ``.npz``: every parameter as ``param/<name>``, every buffer (BatchNorm's running
+statistics) as ``buffer/<name>``, plus ``meta``, a JSON string with the architecture (the layer specs
+of :meth:`fastnn.network.Network.spec`), the whole training config, the history and any extra
+results. Checkpoints from before the layer specs, which record sizes and activation, still load. Files are written to
 a temporary name in the same folder and renamed, so an interruption never leaves half a file.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnn.layers import numbers_in
 from fastnn.network import Network
 
 FORMAT = "fastnn-checkpoint-1"
@@ -94,6 +97,7 @@ def _stage(path: Path, data: bytes) -> str:
 def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> None:
     """Save ``network``'s parameters (brought to the host) and ``meta`` (JSON-able) to ``path``."""
     arrays = {f"param/{name}": network.backend.to_numpy(value) for name, value in network.parameters()}
+    arrays.update({f"buffer/{name}": network.backend.to_numpy(value) for name, value in network.buffers()})
     meta = {"format": FORMAT, "architecture": network.architecture(), **meta}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
@@ -120,6 +124,7 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
                 _check_member(path, archive.zip, key)
             meta = json.loads(str(archive["meta"]))
             params = {key.removeprefix("param/"): archive[key] for key in archive.files if key.startswith("param/")}
+            params.update(_buffers(archive))
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise CheckpointError(
             f"{path}: not a readable fastnn checkpoint ({type(exc).__name__}: {exc}); train again to write a new one"
@@ -131,17 +136,7 @@ def load(path: str | os.PathLike, backend: Any) -> tuple[Network, dict[str, Any]
             "pass a model.npz that `fastnn train` wrote"
         )
     try:
-        arch = meta["architecture"]
-        _check_architecture(arch["sizes"], params)
-        network = Network(
-            arch["sizes"],
-            arch["activation"],
-            backend=backend,
-            init=arch["init"],
-            dropout=arch["dropout"],
-            l2=arch["l2"],
-            dtype=meta.get("config", {}).get("dtype", "float32"),
-        )
+        network = _network(meta["architecture"], params, backend, meta.get("config", {}).get("dtype", "float32"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise damaged(path, exc) from exc
     try:
@@ -172,15 +167,42 @@ def _check_member(path: Path, members: zipfile.ZipFile, key: str) -> None:
         raise ValueError(f"{key} claims shape {shape} but holds {size} bytes")
 
 
-def _check_architecture(sizes: Any, params: dict[str, np.ndarray]) -> None:
-    """An architecture must have the parameters the file holds (which are already in memory), so
-    that one claiming absurd sizes, e.g. 10**12 neurons, is refused before it is allocated."""
-    if not (isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)):
-        raise ValueError(f"sizes {sizes!r} are not a list of whole numbers")
-    needed = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+def _check_architecture(arch: dict[str, Any], params: dict[str, np.ndarray]) -> None:
+    """An architecture must have the parameters and buffers the file holds (which are already in
+    memory), so that one claiming absurd sizes, e.g. 10**12 neurons, is refused before it is allocated."""
+    if "layers" in arch:
+        needed = sum(numbers_in(layer) for layer in arch["layers"])
+    else:
+        sizes = arch["sizes"]
+        if not isinstance(sizes, list):
+            raise ValueError(f"sizes {sizes!r} are not a list of whole numbers")
+        dense = [{"type": "dense", "n_in": n_in, "n_out": n_out} for n_in, n_out in zip(sizes, sizes[1:])]
+        needed = sum(numbers_in(layer) for layer in dense)
     held = sum(int(value.size) for value in params.values())
     if needed != held:
-        raise ValueError(f"sizes {sizes} need {needed:,} parameters, the file holds {held:,}")
+        raise ValueError(f"the architecture needs {needed:,} parameters and buffers, the file holds {held:,}")
+
+
+def _buffers(archive: Any) -> dict[str, Any]:
+    """The ``buffer/<name>`` arrays of an open checkpoint, by name."""
+    return {key.removeprefix("buffer/"): archive[key] for key in archive.files if key.startswith("buffer/")}
+
+
+def _network(arch: dict[str, Any], params: dict[str, np.ndarray], backend: Any, dtype: str) -> Network:
+    """The network an ``architecture`` describes: from its layer specs, or, in a checkpoint written
+    before there were any, from its sizes and activation. Checked against ``params`` first."""
+    _check_architecture(arch, params)
+    if "layers" in arch:
+        return Network(spec=arch["layers"], backend=backend, l2=arch["l2"], dtype=dtype)
+    return Network(
+        arch["sizes"],
+        arch["activation"],
+        backend=backend,
+        init=arch["init"],
+        dropout=arch["dropout"],
+        l2=arch["l2"],
+        dtype=dtype,
+    )
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -306,7 +306,7 @@ def inspection_files(
         "title": title,
         "class_names": names,
         "sizes": list(network.sizes),
-        "parameters": network.n_parameters(),
+        "parameters": sum(int(value.size) for _, value in network.parameters()),
         "test_accuracy": measured.accuracy,
         "test_loss": measured.loss,
         "trained_accuracy": measured.trained,

@@ -2,7 +2,13 @@
 
 A layer maps ``x`` of shape ``(batch, features_in)`` to ``y`` of shape ``(batch, features_out)``
 and caches what its backward pass needs. ``backward(grad_out)`` takes dL/dy, fills ``grads``
-(same keys and shapes as ``params``) and returns dL/dx.
+(same keys and shapes as ``params``) and returns dL/dx. ``buffers`` holds state that is saved with
+the parameters but not trained (BatchNorm's running statistics).
+
+Every layer describes itself as a spec, a small JSON-able dict such as
+``{"type": "dense", "n_in": 3072, "n_out": 512, "init": "he"}``, and :func:`build_layer` makes it
+again. To add a layer: write the class (``forward``, ``backward``, and ``spec`` and ``from_spec``
+if it has arguments), add one line to ``LAYERS`` at the bottom, and test it in tests/test_layers.py.
 
 Nothing here imports NumPy or CuPy: the namespace comes from the arrays themselves
 (``fastnn.backend.namespace(x)``), so the same code runs on every backend.
@@ -26,12 +32,38 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}
 
     def forward(self, x: Array, training: bool = False) -> Array:
         return x
 
     def backward(self, grad_out: Array) -> Array:
         return grad_out
+
+    def sublayers(self) -> list[Layer]:
+        """The layers this one contains (a Residual's body); they own their parameters."""
+        return []
+
+    def width_after(self, width: int) -> int:
+        """Features out for ``width`` features in; a ValueError if this layer cannot take ``width``."""
+        return width
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description that :func:`build_layer` turns back into this layer."""
+        if type(self) not in LAYER_NAMES:
+            raise ValueError(f"{type(self).__name__} has no name in fastnn.layers.LAYERS: add it there to save it")
+        return {"type": LAYER_NAMES[type(self)]}
+
+    @classmethod
+    def from_spec(cls, arguments: dict[str, Any], rng: Any, dtype: str) -> Layer:
+        """Build from a spec's arguments; ``rng`` draws weights, ``dtype`` is the network's."""
+        return cls(**arguments)
+
+    @classmethod
+    def numbers_in(cls, arguments: dict[str, Any]) -> int:
+        """How many numbers (parameters and buffers) a layer built from these spec arguments holds,
+        worked out before building it (a checkpoint's spec is checked against its file this way)."""
+        return 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -42,7 +74,6 @@ INITIALISERS = {
     "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),
     "xavier": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),
 }
-INITIALISERS["glorot"] = INITIALISERS["xavier"]
 
 
 class Dense(Layer):
@@ -83,6 +114,22 @@ class Dense(Layer):
     def __repr__(self) -> str:
         return f"Dense({self.n_in}, {self.n_out}, init={self.init!r})"
 
+    def width_after(self, width: int) -> int:
+        if width != self.n_in:
+            raise ValueError(f"{self!r} takes {self.n_in} features, but the layer before gives {width}")
+        return self.n_out
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "n_in": self.n_in, "n_out": self.n_out, "init": self.init}
+
+    @classmethod
+    def from_spec(cls, arguments: dict[str, Any], rng: Any, dtype: str) -> Dense:
+        return cls(**arguments, rng=rng, dtype=dtype)
+
+    @classmethod
+    def numbers_in(cls, arguments: dict[str, Any]) -> int:
+        return _whole(arguments["n_in"]) * _whole(arguments["n_out"]) + _whole(arguments["n_out"])
+
 
 class ReLU(Layer):
     """``y = max(x, 0)``; ``dx = dy * [x > 0]``.
@@ -115,6 +162,9 @@ class LeakyReLU(Layer):
 
     def backward(self, grad_out: Array) -> Array:
         return grad_out * self._slope
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "slope": self.slope}
 
     def __repr__(self) -> str:
         return f"LeakyReLU(slope={self.slope})"
@@ -168,8 +218,207 @@ class Dropout(Layer):
     def backward(self, grad_out: Array) -> Array:
         return grad_out if self._scale is None else grad_out * self._scale
 
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "p": self.p}
+
+    @classmethod
+    def from_spec(cls, arguments: dict[str, Any], rng: Any, dtype: str) -> Dropout:
+        return cls(**arguments, rng=rng)
+
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"
+
+
+class GELU(Layer):
+    """Gaussian error linear unit, in the tanh approximation (PyTorch's ``gelu(approximate="tanh")``):
+    the exact form needs erf, which the array API lacks.
+
+    ``y = x / 2 * (1 + t)`` with ``t = tanh(u)``, ``u = c * (x + a * x**3)``, ``c = sqrt(2 / pi)``,
+    ``a = 0.044715``; ``dx = dy * ((1 + t) / 2 + x / 2 * (1 - t**2) * c * (1 + 3 * a * x**2))``.
+    """
+
+    C, A = math.sqrt(2.0 / math.pi), 0.044715
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        self._x = x
+        self._t = namespace(x).tanh(self.C * (x + self.A * x * x * x))
+        return 0.5 * x * (1.0 + self._t)
+
+    def backward(self, grad_out: Array) -> Array:
+        x, t = self._x, self._t
+        du_dx = self.C * (1.0 + 3.0 * self.A * x * x)
+        return grad_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+def _standardize(x: Array, axis: int, eps: float) -> tuple[Array, Array, Array, Array]:
+    """``(x_hat, inv_std, mean, var)``: ``x_hat = (x - mean) * inv_std``, ``inv_std = 1/sqrt(var + eps)``,
+    mean and (biased) variance taken along ``axis`` and kept as a length-1 axis."""
+    xp = namespace(x)
+    mean = xp.mean(x, axis=axis, keepdims=True)
+    centred = x - mean
+    var = xp.mean(centred * centred, axis=axis, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    return centred * inv_std, inv_std, mean, var
+
+
+def _standardize_backward(grad_x_hat: Array, x_hat: Array, inv_std: Array, axis: int) -> Array:
+    """dL/dx from dL/dx_hat when the mean and variance were taken from ``x`` itself along ``axis``:
+    ``dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat))``."""
+    xp = namespace(grad_x_hat)
+    mean_g = xp.mean(grad_x_hat, axis=axis, keepdims=True)
+    mean_g_x_hat = xp.mean(grad_x_hat * x_hat, axis=axis, keepdims=True)
+    return inv_std * (grad_x_hat - mean_g - x_hat * mean_g_x_hat)
+
+
+class _Norm(Layer):
+    """What LayerNorm and BatchNorm share: ``y = gain * x_hat + bias`` over ``n_features``, with
+    ``gain`` starting at 1 and ``bias`` at 0, made on ``backend``'s device."""
+
+    def __init__(self, n_features: int, backend: Any, dtype: str = "float32", eps: float = 1e-5):
+        super().__init__()
+        if n_features < 1:
+            raise ValueError(f"{type(self).__name__} needs a positive number of features, got {n_features}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.n_features, self.eps = n_features, eps
+        self.params = {"gain": backend.asarray([1.0] * n_features, dtype),
+                       "bias": backend.asarray([0.0] * n_features, dtype)}
+
+    def _affine_backward(self, grad_out: Array, x_hat: Array) -> Array:
+        """Fills dL/dgain and dL/dbias; returns dL/dx_hat = dy * gain."""
+        xp = namespace(grad_out)
+        self.grads = {"gain": xp.sum(grad_out * x_hat, axis=0), "bias": xp.sum(grad_out, axis=0)}
+        return grad_out * self.params["gain"]
+
+    def width_after(self, width: int) -> int:
+        if width != self.n_features:
+            raise ValueError(f"{self!r} normalises {self.n_features} features, but the layer before gives {width}")
+        return width
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "n_features": self.n_features, "eps": self.eps}
+
+    @classmethod
+    def from_spec(cls, arguments: dict[str, Any], rng: Any, dtype: str) -> Layer:
+        return cls(**arguments, backend=rng.backend, dtype=dtype)
+
+    @classmethod
+    def numbers_in(cls, arguments: dict[str, Any]) -> int:
+        return (4 if cls is BatchNorm else 2) * _whole(arguments["n_features"])  # BatchNorm: + 2 buffers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n_features})"
+
+
+class LayerNorm(_Norm):
+    """Normalises each example over its features (Ba et al., 2016), the same in training and evaluation.
+
+    ``x_hat = (x - mean_f x) / sqrt(var_f x + eps)``, ``y = gain * x_hat + bias``; x, y (batch, n_features).
+    Backward: ``dgain = sum_batch dy * x_hat``, ``dbias = sum_batch dy``, and with ``g = dy * gain``
+    ``dx = (g - mean_f g - x_hat * mean_f(g * x_hat)) / sqrt(var_f x + eps)``.
+    """
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        self._x_hat, self._inv_std, _, _ = _standardize(x, axis=1, eps=self.eps)
+        return self._x_hat * self.params["gain"] + self.params["bias"]
+
+    def backward(self, grad_out: Array) -> Array:
+        grad_x_hat = self._affine_backward(grad_out, self._x_hat)
+        return _standardize_backward(grad_x_hat, self._x_hat, self._inv_std, axis=1)
+
+
+class BatchNorm(_Norm):
+    """Normalises each feature over the batch (Ioffe & Szegedy, 2015).
+
+    Training: ``x_hat = (x - mean_b x) / sqrt(var_b x + eps)``, ``y = gain * x_hat + bias``, and the
+    buffers follow the batches: ``running_mean <- (1 - m) running_mean + m mean_b x``, likewise
+    ``running_var`` with the unbiased batch variance (as PyTorch does; ``m`` is ``momentum``).
+    Backward: as LayerNorm's with the means over the batch instead of the features.
+    Evaluation: ``x_hat = (x - running_mean) / sqrt(running_var + eps)``, a fixed affine map, so
+    ``dx = dy * gain / sqrt(running_var + eps)``.
+    """
+
+    def __init__(self, n_features: int, backend: Any, dtype: str = "float32", eps: float = 1e-5,
+                 momentum: float = 0.1):
+        super().__init__(n_features, backend, dtype, eps)
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self.momentum = momentum
+        self.buffers = {"running_mean": backend.asarray([0.0] * n_features, dtype),
+                        "running_var": backend.asarray([1.0] * n_features, dtype)}
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        self._training = training
+        if training:
+            self._x_hat, self._inv_std, mean, var = _standardize(x, axis=0, eps=self.eps)
+            batch, m = x.shape[0], self.momentum
+            unbiased = var[0, :] * (batch / max(batch - 1, 1))
+            self.buffers["running_mean"] = (1.0 - m) * self.buffers["running_mean"] + m * mean[0, :]
+            self.buffers["running_var"] = (1.0 - m) * self.buffers["running_var"] + m * unbiased
+        else:
+            self._inv_std = 1.0 / namespace(x).sqrt(self.buffers["running_var"] + self.eps)
+            self._x_hat = (x - self.buffers["running_mean"]) * self._inv_std
+        return self._x_hat * self.params["gain"] + self.params["bias"]
+
+    def backward(self, grad_out: Array) -> Array:
+        grad_x_hat = self._affine_backward(grad_out, self._x_hat)
+        if not self._training:
+            return grad_x_hat * self._inv_std
+        return _standardize_backward(grad_x_hat, self._x_hat, self._inv_std, axis=0)
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "momentum": self.momentum}
+
+
+class Residual(Layer):
+    """A skip connection around ``body``, a list of layers: ``y = x + body(x)``.
+
+    Backward: ``dx = dy + body.backward(dy)``, the body's layers run backwards filling their own
+    gradients. The body must give as many features as it takes.
+    """
+
+    def __init__(self, body: list[Layer]):
+        super().__init__()
+        if not body:
+            raise ValueError("a residual block needs at least one layer in its body")
+        self.body = list(body)
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        out = x
+        for layer in self.body:
+            out = layer.forward(out, training)
+        return x + out
+
+    def backward(self, grad_out: Array) -> Array:
+        grad = grad_out
+        for layer in reversed(self.body):
+            grad = layer.backward(grad)
+        return grad_out + grad
+
+    def sublayers(self) -> list[Layer]:
+        return self.body
+
+    def width_after(self, width: int) -> int:
+        out = width
+        for layer in self.body:
+            out = layer.width_after(out)
+        if out != width:
+            raise ValueError(f"a residual body must keep the width: it takes {width} features and gives {out}")
+        return width
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "body": [layer.spec() for layer in self.body]}
+
+    @classmethod
+    def from_spec(cls, arguments: dict[str, Any], rng: Any, dtype: str) -> Residual:
+        return cls([build_layer(spec, rng, dtype) for spec in arguments["body"]])
+
+    @classmethod
+    def numbers_in(cls, arguments: dict[str, Any]) -> int:
+        return sum(numbers_in(spec) for spec in arguments["body"])
+
+    def __repr__(self) -> str:
+        return f"Residual([{', '.join(repr(layer) for layer in self.body)}])"
 
 
 def sigmoid(x: Array) -> Array:
@@ -184,4 +433,49 @@ def _dtype_name(x: Array) -> str:
     return "float64" if x.dtype == xp.float64 else "float32"
 
 
-ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+def _layer_class(spec: Any) -> tuple[type[Layer], dict[str, Any]]:
+    """The class a spec names and the spec's arguments; a ValueError for an unknown type."""
+    if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
+        found = spec.get("type") if isinstance(spec, dict) else spec
+        raise ValueError(f"unknown layer {found!r}; a layer spec's type is one of {', '.join(LAYERS)}")
+    return LAYERS[spec["type"]], {key: value for key, value in spec.items() if key != "type"}
+
+
+def build_layer(spec: dict[str, Any], rng: Any, dtype: str = "float32") -> Layer:
+    """The layer a spec describes (see :meth:`Layer.spec`); a ValueError names what is wrong with it."""
+    cls, arguments = _layer_class(spec)
+    try:
+        return cls.from_spec(arguments, rng, dtype)
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"layer spec {spec!r} does not fit its type ({type(exc).__name__}: {exc})") from exc
+
+
+def numbers_in(spec: dict[str, Any]) -> int:
+    """How many numbers the layer a spec describes holds, without building it (see :meth:`Layer.numbers_in`)."""
+    cls, arguments = _layer_class(spec)
+    try:
+        return cls.numbers_in(arguments)
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"layer spec {spec!r} does not fit its type ({type(exc).__name__}: {exc})") from exc
+
+
+def _whole(n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"{n!r} is not a whole number")
+    return n
+
+
+ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": GELU}
+"""The activations a ``Network(sizes, activation)`` puts between its Dense layers."""
+
+LAYERS: dict[str, type[Layer]] = {
+    "dense": Dense,
+    **ACTIVATIONS,
+    "dropout": Dropout,
+    "layernorm": LayerNorm,
+    "batchnorm": BatchNorm,
+    "residual": Residual,
+}
+"""Every layer by the name its spec carries."""
+
+LAYER_NAMES = {cls: name for name, cls in LAYERS.items()}

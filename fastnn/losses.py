@@ -32,16 +32,24 @@ def one_hot(labels: Array, n_classes: int, dtype: Any) -> Array:
 
 
 class SoftmaxCrossEntropy:
-    """``L = mean_i [ log sum_c exp(z_ic) - z_i,y_i ]`` for logits ``z`` (batch, classes).
+    """``L = -mean_i sum_c t_ic log softmax(z_i)_c`` for logits ``z`` (batch, classes).
 
-    Targets are integer labels (batch,) or rows of class probabilities (batch, classes).
-    ``backward()`` returns ``(softmax(z) - t) / batch``.
+    Targets are integer labels (batch,), as one-hot rows ``t``, or rows of class probabilities
+    (batch, classes), e.g. from mixup. With ``label_smoothing`` ``eps`` the rows become
+    ``(1 - eps) * t + eps / classes``. ``backward()`` returns ``(softmax(z) - t) / batch``.
     """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: Array, targets: Array) -> Array:
         xp = namespace(logits)
         n_classes = logits.shape[1]
         self._target = targets if targets.ndim == 2 else one_hot(targets, n_classes, logits.dtype)
+        if self.label_smoothing:
+            self._target = (1.0 - self.label_smoothing) * self._target + self.label_smoothing / n_classes
         shifted = logits - xp.max(logits, axis=1, keepdims=True)
         exp = xp.exp(shifted)
         sum_exp = xp.sum(exp, axis=1, keepdims=True)
@@ -52,16 +60,11 @@ class SoftmaxCrossEntropy:
     def backward(self) -> Array:
         return (self._probs - self._target) / self._probs.shape[0]
 
-    @property
-    def probabilities(self) -> Array:
-        """softmax of the logits last seen by :meth:`forward`."""
-        return self._probs
-
 
 class SquaredError:
     """``L = 1/2 * sum_i (y_i - t_i)^2`` summed over the batch too; ``dL/dy = y - t``.
 
-    The assignment's hand-computed task uses it with a single example (batch of one).
+    The cost of the assignment's hand-computed example (a batch of one); training does not use it.
     """
 
     def forward(self, outputs: Array, targets: Array) -> Array:

@@ -1,9 +1,13 @@
-"""A feed-forward network of dense layers with softmax and cross-entropy on top.
+"""A feed-forward network of layers with softmax and cross-entropy on top.
 
 The assignment's three methods are here: ``forward_pass(x)`` gives class probabilities,
 ``backward_pass(targets)`` fills the gradient of every parameter (the L2 term included), and
 ``update_network(optimizer, lr)`` takes one optimizer step. Everything stays on the device the
 network was built for; nothing here reads a value back to the host.
+
+A network is built either from widths and an activation (``Network([3072, 512, 10], "relu")``) or
+from a list of layer specs (``Network(spec=[...])``, see :mod:`fastnn.layers`), which is also what a
+checkpoint records; :func:`bottleneck_spec` writes the spec of Bachmann et al.'s bottleneck MLP.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastnn.backend import namespace
-from fastnn.layers import ACTIVATIONS, Dense, Dropout, Layer
+from fastnn.layers import ACTIVATIONS, Dense, Dropout, Layer, build_layer
 from fastnn.losses import SoftmaxCrossEntropy, softmax
 from fastnn.regularizers import L2
 
 Array = Any
 
-DEFAULT_INIT = {"relu": "he", "leaky_relu": "he", "sigmoid": "xavier", "tanh": "xavier"}
+DEFAULT_INIT = {"relu": "he", "leaky_relu": "he", "sigmoid": "xavier", "tanh": "xavier", "gelu": "he"}
 
 
 class Network:
@@ -27,7 +31,9 @@ class Network:
     ``sizes`` lists the widths, input first and number of classes last, e.g. ``[3072, 1024, 512, 10]``.
     ``dropout`` is applied after every hidden activation; ``l2`` is the L2 strength (0 for none).
     ``backend`` is a :class:`fastnn.backend.Backend`; weights are drawn on its device from ``seed``.
-    Alternatively pass ready ``layers`` (then ``sizes`` and ``activation`` are ignored).
+    Alternatively pass ``spec``, a list of layer specs (then leave out ``sizes``, ``activation``,
+    ``init`` and ``dropout``, which the specs hold). ``label_smoothing`` is the loss's (see
+    :class:`fastnn.losses.SoftmaxCrossEntropy`).
     """
 
     def __init__(
@@ -41,7 +47,8 @@ class Network:
         l2: float = 0.0,
         seed: int | None = 0,
         dtype: str = "float32",
-        layers: Sequence[Layer] | None = None,
+        spec: Sequence[dict[str, Any]] | None = None,
+        label_smoothing: float = 0.0,
     ):
         if backend is None or isinstance(backend, str):
             from fastnn.backend import get_backend
@@ -54,19 +61,28 @@ class Network:
         self.backend, self.dtype = backend, dtype
         self.rng = backend.rng(seed)
         self.regularizer = L2(l2)
-        self.loss_fn = SoftmaxCrossEntropy()
-        self.activation, self.dropout = activation, dropout
-        if layers is not None:
-            self.layers = list(layers)
+        self.loss_fn = SoftmaxCrossEntropy(label_smoothing)
+        if spec is not None:
+            if sizes is not None or init is not None or dropout:
+                raise ValueError("give a network either sizes (with activation, init, dropout) or a spec, not both")
+            self.layers = [build_layer(layer_spec, self.rng, dtype) for layer_spec in spec]
+            self.activation = self.init = self.dropout = None
         else:
             self.layers = self._build(sizes, activation, init, dropout)
+            self.activation, self.dropout = activation, dropout
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         if not dense:
             raise ValueError("a network needs at least one Dense layer")
         if isinstance(self.layers[0], Dense):
             self.layers[0].input_grad = False  # its input is data: dL/dx would never be used
         self.sizes = [dense[0].n_in] + [layer.n_out for layer in dense]
-        self.init = dense[0].init
+        width = self.sizes[0]
+        for layer in self.layers:
+            width = layer.width_after(width)
+        if width != self.sizes[-1]:
+            raise ValueError(f"a network must end with a Dense layer giving the classes; this one ends with {width}")
+        if spec is None:
+            self.init = dense[0].init
 
     def _build(self, sizes, activation, init, dropout) -> list[Layer]:
         if sizes is None or len(sizes) < 2:
@@ -138,7 +154,7 @@ class Network:
 
     def update_network(self, optimizer: Any, lr: float) -> None:
         """One optimizer step with learning rate ``lr`` on every parameter."""
-        if any(key not in layer.grads for layer in self.layers for key in layer.params):
+        if any(key not in layer.grads for _, layer in self.named_layers() for key in layer.params):
             raise ValueError("update_network needs a backward_pass first: it applies the gradients that computes")
         optimizer.step(self.param_grads(), lr)
 
@@ -167,54 +183,69 @@ class Network:
         self.check_labels(labels, values=True)
         return float(count_correct(self.predict(x), labels)) / labels.shape[0]
 
+    def named_layers(self) -> Iterator[tuple[str, Layer]]:
+        """``(name, layer)`` for every layer, those inside residual blocks too: ``"3"`` is the fourth
+        layer, ``"3.1"`` the second layer of its body."""
+
+        def walk(layers: Sequence[Layer], prefix: str) -> Iterator[tuple[str, Layer]]:
+            for i, layer in enumerate(layers):
+                yield f"{prefix}{i}", layer
+                yield from walk(layer.sublayers(), f"{prefix}{i}.")
+
+        return walk(self.layers, "")
+
     def parameters(self) -> Iterator[tuple[str, Array]]:
         """``(name, array)`` for every parameter, e.g. ``("0.W", W)`` for the first layer's weights."""
-        for i, layer in enumerate(self.layers):
+        for prefix, layer in self.named_layers():
             for key, value in layer.params.items():
-                yield f"{i}.{key}", value
+                yield f"{prefix}.{key}", value
+
+    def buffers(self) -> Iterator[tuple[str, Array]]:
+        """``(name, array)`` for every buffer, e.g. ``("2.running_mean", ...)``: saved, not trained."""
+        for prefix, layer in self.named_layers():
+            for key, value in layer.buffers.items():
+                yield f"{prefix}.{key}", value
 
     def param_grads(self) -> list[tuple[str, Array, Array]]:
         """``(name, param, grad)`` triples, as optimizers take them."""
         return [
-            (f"{i}.{key}", value, layer.grads[key])
-            for i, layer in enumerate(self.layers)
+            (f"{prefix}.{key}", value, layer.grads[key])
+            for prefix, layer in self.named_layers()
             for key, value in layer.params.items()
         ]
 
-    def n_parameters(self) -> int:
-        return sum(int(a.size) for _, a in self.parameters())
-
     def state_dict(self) -> dict[str, Array]:
-        """Parameter name -> array (on the device); ``backend.to_numpy`` each to save them."""
-        return dict(self.parameters())
+        """Parameter and buffer name -> array (on the device); ``backend.to_numpy`` each to save them."""
+        return {**dict(self.parameters()), **dict(self.buffers())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy host or device arrays into the parameters (shapes must match; put on this device)."""
-        own = dict(self.parameters())
-        missing = sorted(set(own) - set(state))
+        """Copy host or device arrays into the parameters and buffers (shapes must match; put on this device)."""
+        missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"state is missing parameters {missing}")
-        for i, layer in enumerate(self.layers):
-            for key, current in layer.params.items():
-                name = f"{i}.{key}"
-                value = state[name]
-                if tuple(value.shape) != tuple(current.shape):
-                    raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(current.shape)}")
-                xp = namespace(current)
-                if _namespace_or_none(value) is xp:
-                    layer.params[key] = xp.astype(value, current.dtype, copy=True)
-                else:  # a host array, e.g. from a checkpoint file
-                    layer.params[key] = self.backend.asarray(value, self.dtype)
+        for prefix, layer in self.named_layers():
+            for arrays in (layer.params, layer.buffers):
+                for key, current in arrays.items():
+                    name = f"{prefix}.{key}"
+                    value = state[name]
+                    if tuple(value.shape) != tuple(current.shape):
+                        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(current.shape)}")
+                    xp = namespace(current)
+                    if _namespace_or_none(value) is xp:
+                        arrays[key] = xp.astype(value, current.dtype, copy=True)
+                    else:  # a host array, e.g. from a checkpoint file
+                        arrays[key] = self.backend.asarray(value, self.dtype)
+
+    def spec(self) -> list[dict[str, Any]]:
+        """The layer specs ``Network(spec=...)`` rebuilds this network from (JSON-able)."""
+        return [layer.spec() for layer in self.layers]
 
     def architecture(self) -> dict[str, Any]:
-        """What is needed to rebuild this network (saved in checkpoints)."""
-        return {
-            "sizes": list(self.sizes),
-            "activation": self.activation,
-            "init": self.init,
-            "dropout": self.dropout,
-            "l2": self.regularizer.lam,
-        }
+        """What is needed to rebuild this network (saved in checkpoints): the layer specs and the L2
+        strength, and for a network built from sizes those too, as older fastnn versions read them."""
+        built_from_sizes = self.activation is not None
+        legacy = {"sizes": list(self.sizes), "activation": self.activation, "init": self.init, "dropout": self.dropout}
+        return {**(legacy if built_from_sizes else {}), "l2": self.regularizer.lam, "layers": self.spec()}
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
@@ -222,7 +253,7 @@ class Network:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _dense(self) -> list[Dense]:
-        return [layer for layer in self.layers if isinstance(layer, Dense)]
+        return [layer for _, layer in self.named_layers() if isinstance(layer, Dense)]
 
     def check_labels(self, labels: Array, values: bool = False) -> None:
         """Shape and dtype checks; with ``values`` also the range (that reads from the device)."""
@@ -239,6 +270,38 @@ class Network:
             low, high = int(xp.min(labels)), int(xp.max(labels))
             if low < 0 or high >= self.n_classes:
                 raise ValueError(f"labels must lie in [0, {self.n_classes}), found values from {low} to {high}")
+
+
+def bottleneck_spec(
+    n_in: int, width: int, n_blocks: int, n_classes: int, *, expansion: int = 4, final_norm: bool = False
+) -> list[dict[str, Any]]:
+    """The layer specs of the bottleneck MLP of Bachmann et al. (2023, "Scaling MLPs"):
+    ``Dense(n_in, width)``, then ``n_blocks`` residual blocks
+    ``x + Dense(e*width, width)(GELU(Dense(width, e*width)(LayerNorm(x))))`` with ``e = expansion``,
+    optionally a final LayerNorm, and ``Dense(width, n_classes)``."""
+    for label, value in (("n_in", n_in), ("width", width), ("n_classes", n_classes), ("expansion", expansion)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a whole number >= 1, got {value!r}")
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
+        raise ValueError(f"n_blocks must be a whole number >= 0, got {n_blocks!r}")
+    wide = expansion * width
+
+    def block() -> dict[str, Any]:
+        body = [
+            {"type": "layernorm", "n_features": width},
+            {"type": "dense", "n_in": width, "n_out": wide},
+            {"type": "gelu"},
+            {"type": "dense", "n_in": wide, "n_out": width},
+        ]
+        return {"type": "residual", "body": body}
+
+    final = [{"type": "layernorm", "n_features": width}] if final_norm else []
+    return [
+        {"type": "dense", "n_in": n_in, "n_out": width},
+        *(block() for _ in range(n_blocks)),
+        *final,
+        {"type": "dense", "n_in": width, "n_out": n_classes},
+    ]
 
 
 def count_correct(predicted: Array, labels: Array) -> Array:

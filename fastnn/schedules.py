@@ -1,6 +1,7 @@
 """Learning-rate schedules: a schedule maps an epoch index ``t`` (from 0) to a learning rate.
 
-They are plain Python (a float per epoch), so they never touch the device.
+They are plain Python (a float per epoch), so they never touch the device. To add a schedule:
+write the class, add it to ``SCHEDULES`` and say in :func:`make_schedule` which settings it takes.
 """
 
 from __future__ import annotations
@@ -122,15 +123,19 @@ def make_schedule(
     gamma: float = 0.1,
     warmup: int = 0,
 ) -> Schedule:
-    """Build a schedule by name: ``none`` (constant), ``exp``, ``step`` or ``cosine``."""
-    builders = {
-        "none": lambda: Constant(lr),
-        "constant": lambda: Constant(lr),
-        "exp": lambda: Exponential(lr, decay),
-        "step": lambda: Step(lr, step_size, gamma),
-        "cosine": lambda: Cosine(lr, max(epochs - warmup, 1)),
+    """Build a schedule by name (a key of ``SCHEDULES``), wrapped in a warm-up of ``warmup`` epochs."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    settings = {
+        Constant: (),
+        Exponential: (decay,),
+        Step: (step_size, gamma),
+        Cosine: (max(epochs - warmup, 1),),
     }
-    if name not in builders:
-        raise ValueError(f"unknown schedule {name!r}; choose one of none, exp, step, cosine")
-    schedule = builders[name]()
+    schedule_cls = SCHEDULES[name]
+    schedule = schedule_cls(lr, *settings[schedule_cls])
     return Warmup(schedule, warmup) if warmup else schedule
+
+
+SCHEDULES: dict[str, type[Schedule]] = {"none": Constant, "exp": Exponential, "step": Step, "cosine": Cosine}
+"""Every schedule by the name the command line and configs use (``none`` is a constant rate)."""

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -12,7 +13,7 @@ def test_round_trip_on_every_backend(backend, tmp_path):
     save(tmp_path / "m.npz", net, {"config": {"dtype": "float32"}, "note": "hello"})
     loaded, meta = load(tmp_path / "m.npz", backend)
     assert meta["note"] == "hello" and meta["architecture"]["activation"] == "tanh"
-    assert loaded.architecture() == net.architecture()
+    assert loaded.spec() == net.spec() and loaded.regularizer.lam == net.regularizer.lam
     for (name, p), (other, q) in zip(net.parameters(), loaded.parameters()):
         assert name == other
         np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q))
@@ -56,17 +57,41 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path, write, message):
     assert "\n" not in str(info.value) and ("train again" in str(info.value) or "fastnn train" in str(info.value))
 
 
-def test_unknown_activation_in_a_checkpoint_is_a_one_line_error(tmp_path):
+def _rewrite_meta(path, change):
+    """Rewrite the checkpoint at ``path`` with ``change(meta)`` as its metadata."""
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["meta"] = np.array(json.dumps(change(json.loads(str(arrays["meta"])))))
+    np.savez(path, **arrays)
+
+
+def _without_layer_specs(meta):
+    """The metadata a checkpoint had before layer specs: sizes and activation only."""
+    del meta["architecture"]["layers"]
+    return meta
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda meta: _without_layer_specs(meta) | {"architecture": {**meta["architecture"], "activation": "foo"}},
+         "unknown activation 'foo'"),
+        (lambda meta: meta | {"architecture": {**meta["architecture"], "layers": [{"type": "foo"}]}},
+         "unknown layer 'foo'"),
+        (lambda meta: meta | {"architecture": {**meta["architecture"], "layers": [{"type": "dense", "n_in": 4}]}},
+         "layer spec .* does not fit its type"),
+    ],
+    ids=["old-format-activation", "layer-type", "layer-arguments"],
+)
+def test_unknown_layers_in_a_checkpoint_are_one_line_errors(tmp_path, change, message):
     from fastnn.backend import get_backend
 
     net = Network([4, 3, 2], "relu", backend=get_backend("cpu"), seed=0)
     save(tmp_path / "m.npz", net, {})
-    with np.load(tmp_path / "m.npz") as archive:
-        arrays = dict(archive)
-    arrays["meta"] = np.array(str(arrays["meta"]).replace('"relu"', '"foo"'))
-    np.savez(tmp_path / "m.npz", **arrays)
-    with pytest.raises(CheckpointError, match="damaged metadata \\(ValueError: unknown activation 'foo'"):
+    _rewrite_meta(tmp_path / "m.npz", change)
+    with pytest.raises(CheckpointError, match=f"damaged metadata \\(ValueError: {message}") as info:
         load(tmp_path / "m.npz", get_backend("cpu"))
+    assert "\n" not in str(info.value)
 
 
 def test_interrupted_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
@@ -108,3 +133,41 @@ def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_atomic_set({tmp_path / "a.md": b"new a", tmp_path / "b.png": b"new b"})
     assert (tmp_path / "a.md").read_bytes() == b"new a" and (tmp_path / "b.png").read_bytes() == b"new b"
+
+
+def test_spec_built_network_round_trips_with_its_buffers(backend, tmp_path):
+    """A bottleneck MLP with a BatchNorm, trained a few steps so that its running statistics moved:
+    the loaded network has the same specs, parameters and buffers, and the same outputs."""
+    from fastnn.network import bottleneck_spec
+    from fastnn.optimizers import AdamW
+
+    spec = bottleneck_spec(6, 4, 1, 3)
+    spec.insert(1, {"type": "batchnorm", "n_features": 4, "momentum": 0.3})
+    net = Network(spec=spec, backend=backend, seed=2, l2=0.01)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.normal(2.0, 1.0, size=(10, 6)), "float32")
+    for _ in range(3):
+        net.train_step(x, backend.asarray(rng.integers(0, 3, 10), "int64"), AdamW(), 1e-2)
+    save(tmp_path / "m.npz", net, {})
+    loaded, meta = load(tmp_path / "m.npz", backend)
+    assert meta["architecture"]["layers"] == net.spec() == loaded.spec() and loaded.regularizer.lam == 0.01
+    assert sorted(dict(loaded.buffers())) == ["1.running_mean", "1.running_var"]
+    for name, value in net.state_dict().items():
+        np.testing.assert_array_equal(backend.to_numpy(loaded.state_dict()[name]), backend.to_numpy(value), name)
+    np.testing.assert_array_equal(backend.to_numpy(loaded.forward_pass(x)), backend.to_numpy(net.forward_pass(x)))
+
+
+def test_a_checkpoint_from_before_layer_specs_still_loads(tmp_path):
+    """Older checkpoints record sizes, activation, init, dropout and l2 only."""
+    from fastnn.backend import get_backend
+
+    cpu = get_backend("cpu")
+    net = Network([5, 4, 3], "sigmoid", backend=cpu, seed=3, dropout=0.25, l2=0.02)
+    save(tmp_path / "m.npz", net, {})
+    _rewrite_meta(tmp_path / "m.npz", _without_layer_specs)
+    loaded, meta = load(tmp_path / "m.npz", cpu)
+    assert "layers" not in meta["architecture"]
+    assert loaded.architecture() == net.architecture() and loaded.spec() == net.spec()
+    for (name, p), (other, q) in zip(net.parameters(), loaded.parameters()):
+        assert name == other
+        np.testing.assert_array_equal(p, q)

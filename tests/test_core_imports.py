@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["layers.py", "losses.py", "regularizers.py", "optimizers.py", "schedules.py", "network.py"]
+CORE = ["layers.py", "losses.py", "regularizers.py", "optimizers.py", "schedules.py", "network.py", "augment.py"]
 ROOT = Path(__file__).resolve().parents[1] / "fastnn"
 
 

@@ -1,6 +1,7 @@
 """Losses against an independent float64 reference and against finite differences."""
 
 import numpy as np
+import pytest
 from _util import numerical_gradient, relative_error
 
 from fastnn.losses import SoftmaxCrossEntropy, SquaredError, one_hot, softmax
@@ -77,3 +78,44 @@ def test_squared_error_value_and_gradient(backend):
         return float(backend.to_numpy(SquaredError().forward(backend.asarray(out, "float64"), t_d)))
 
     assert relative_error(backend.to_numpy(loss_fn.backward()), numerical_gradient(f, y)) < 1e-6
+
+
+def test_label_smoothing_matches_reference_and_pytorch(backend):
+    """``eps`` moves each target row to ``(1 - eps) * onehot + eps / classes``: the loss against that
+    formula written out in float64, and against PyTorch's ``cross_entropy(label_smoothing=eps)``."""
+    rng = np.random.default_rng(4)
+    logits, labels, eps = rng.normal(size=(6, 4)), np.array([0, 3, 1, 1, 2, 0]), 0.3
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=eps)
+    loss = loss_fn.forward(backend.asarray(logits, "float64"), backend.asarray(labels, "int64"))
+    loss = float(backend.to_numpy(loss))
+    targets = (1 - eps) * np.eye(4)[labels] + eps / 4
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(loss, -np.mean(np.sum(targets * log_probs, axis=1)), rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(z, torch.tensor(labels), label_smoothing=eps)
+    expected.backward()
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(loss_fn.backward()), z.grad.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "probability-rows"])
+def test_smoothed_cross_entropy_gradient(backend, soft):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(5, 3))
+    targets = rng.dirichlet(np.ones(3), size=5) if soft else np.array([2, 0, 1, 2, 2])
+    targets_d = backend.asarray(targets, "float64" if soft else "int64")
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=0.2)
+    loss_fn.forward(backend.asarray(logits, "float64"), targets_d)
+
+    def f(z):
+        loss = SoftmaxCrossEntropy(label_smoothing=0.2).forward(backend.asarray(z, "float64"), targets_d)
+        return float(backend.to_numpy(loss))
+
+    assert relative_error(backend.to_numpy(loss_fn.backward()), numerical_gradient(f, logits)) < 1e-6
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, float("nan")])
+def test_bad_label_smoothing_is_refused(eps):
+    with pytest.raises(ValueError, match=r"label smoothing must be in \[0, 1\)"):
+        SoftmaxCrossEntropy(label_smoothing=eps)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fastnn.optimizers import SGD, Adam
+from fastnn.optimizers import OPTIMIZERS, SGD, Adam, AdamW
 
 
 def _run(backend, optimizer, grads, lr, p0=1.0):
@@ -152,3 +152,59 @@ def test_a_step_leaves_the_callers_host_array_alone(backend):
     for name, value in host.items():
         np.testing.assert_array_equal(value, 1.0, err_msg=name)
         np.testing.assert_array_equal(backend.to_numpy(dict(network.parameters())[name]), 0.5)
+
+
+def test_adamw_two_steps_decay_weights_only(backend):
+    """Worked by hand: decay ``p <- p * (1 - lr * wd)`` on a matrix, none on a vector, then Adam's step."""
+    b1, b2, eps, lr, wd = 0.9, 0.999, 1e-8, 0.01, 0.5
+    expected = {}
+    for name, decays in (("W", True), ("b", False)):
+        p, m, v = 1.0, 0.0, 0.0
+        for t, g in enumerate([0.5, -0.3], start=1):
+            p *= 1 - lr * wd if decays else 1.0
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            p -= lr * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+        expected[name] = p
+    optimizer = AdamW(weight_decay=wd, beta1=b1, beta2=b2, eps=eps)
+    weight, bias = backend.asarray([[1.0, 1.0]], "float64"), backend.asarray([1.0], "float64")
+    for g in (0.5, -0.3):
+        grads = backend.asarray([[g, g]], "float64"), backend.asarray([g], "float64")
+        optimizer.step([("W", weight, grads[0]), ("b", bias, grads[1])], lr)
+    np.testing.assert_allclose(backend.to_numpy(weight), [[expected["W"]] * 2], rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(bias), [expected["b"]], rtol=1e-12)
+    assert expected["W"] < expected["b"]
+
+
+def test_adamw_matches_pytorch(backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    start = {"W": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+    grads = [{name: rng.normal(size=p.shape) for name, p in start.items()} for _ in range(5)]
+    ours = {name: backend.asarray(p, "float64") for name, p in start.items()}
+    theirs = {name: torch.tensor(p, requires_grad=True) for name, p in start.items()}
+    optimizer = AdamW(weight_decay=0.1)
+    reference = torch.optim.AdamW(
+        [{"params": [theirs["W"]], "weight_decay": 0.1}, {"params": [theirs["b"]], "weight_decay": 0.0}], lr=0.05
+    )
+    for step in grads:
+        optimizer.step([(name, p, backend.asarray(step[name], "float64")) for name, p in ours.items()], 0.05)
+        for name, p in theirs.items():
+            p.grad = torch.tensor(step[name])
+        reference.step()
+    for name in start:
+        np.testing.assert_allclose(backend.to_numpy(ours[name]), theirs[name].detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: AdamW(weight_decay=-0.1), lambda: AdamW(beta2=1.0), lambda: AdamW(eps=0)])
+def test_bad_adamw_hyperparameters_are_rejected(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_every_optimizer_is_registered_by_name():
+    assert OPTIMIZERS == {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+    for make in OPTIMIZERS.values():
+        param = np.ones((2, 2))
+        make().step([("p", param, np.ones((2, 2)))], 0.1)
+        assert np.all(param < 1.0)

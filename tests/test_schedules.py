@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from fastnn.schedules import Constant, Cosine, Exponential, Step, Warmup, make_schedule
+from fastnn.schedules import SCHEDULES, Constant, Cosine, Exponential, Step, Warmup, make_schedule
 
 
 def test_exponential_matches_the_assignment_formula():
@@ -30,8 +30,14 @@ def test_warmup_ramps_then_hands_over():
 def test_make_schedule_by_name():
     assert make_schedule("exp", 0.1, decay=0.2)(1) == pytest.approx(0.1 * math.exp(-0.2))
     assert make_schedule("none", 0.1)(9) == 0.1
-    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; choose one of none, exp, step, cosine"):
         make_schedule("linear", 0.1)
+
+
+def test_every_registered_schedule_builds_by_its_name():
+    built = {name: make_schedule(name, 0.1, decay=0.1, epochs=5, warmup=1) for name in SCHEDULES}
+    assert {name: type(schedule.schedule) for name, schedule in built.items()} == SCHEDULES
+    assert all(schedule(0) == pytest.approx(0.05) for schedule in built.values())
 
 
 @pytest.mark.parametrize(
