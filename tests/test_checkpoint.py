@@ -171,3 +171,14 @@ def test_a_checkpoint_from_before_layer_specs_still_loads(tmp_path):
     for (name, p), (other, q) in zip(net.parameters(), loaded.parameters()):
         assert name == other
         np.testing.assert_array_equal(p, q)
+
+
+def test_a_layer_spec_claiming_huge_sizes_is_refused_before_it_is_built(tmp_path):
+    from fastnn.backend import get_backend
+
+    net = Network([4, 3, 2], "relu", backend=get_backend("cpu"), seed=0)
+    save(tmp_path / "m.npz", net, {})
+    huge = [{"type": "dense", "n_in": 4, "n_out": 10**12, "init": "he"}, {"type": "layernorm", "n_features": 10**12}]
+    _rewrite_meta(tmp_path / "m.npz", lambda meta: meta | {"architecture": {**meta["architecture"], "layers": huge}})
+    with pytest.raises(CheckpointError, match="needs 7,000,000,000,000 parameters and buffers, the file holds 23"):
+        load(tmp_path / "m.npz", get_backend("cpu"))
