@@ -273,12 +273,21 @@ class Network:
 
 
 def bottleneck_spec(
-    n_in: int, width: int, n_blocks: int, n_classes: int, *, expansion: int = 4, final_norm: bool = False
+    n_in: int,
+    width: int,
+    n_blocks: int,
+    n_classes: int,
+    *,
+    expansion: int = 4,
+    final_norm: bool = False,
+    norm: str | None = "layernorm",
+    activation: str = "gelu",
 ) -> list[dict[str, Any]]:
     """The layer specs of the bottleneck MLP of Bachmann et al. (2023, "Scaling MLPs"):
     ``Dense(n_in, width)``, then ``n_blocks`` residual blocks
     ``x + Dense(e*width, width)(GELU(Dense(width, e*width)(LayerNorm(x))))`` with ``e = expansion``,
-    optionally a final LayerNorm, and ``Dense(width, n_classes)``."""
+    optionally a final LayerNorm, and ``Dense(width, n_classes)``. ``norm`` (a layer name, or None
+    for none) and ``activation`` replace the blocks' LayerNorm and GELU."""
     for label, value in (("n_in", n_in), ("width", width), ("n_classes", n_classes), ("expansion", expansion)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a whole number >= 1, got {value!r}")
@@ -288,9 +297,9 @@ def bottleneck_spec(
 
     def block() -> dict[str, Any]:
         body = [
-            {"type": "layernorm", "n_features": width},
+            *([{"type": norm, "n_features": width}] if norm else []),
             {"type": "dense", "n_in": width, "n_out": wide},
-            {"type": "gelu"},
+            {"type": activation},
             {"type": "dense", "n_in": wide, "n_out": width},
         ]
         return {"type": "residual", "body": body}
@@ -302,6 +311,23 @@ def bottleneck_spec(
         *final,
         {"type": "dense", "n_in": width, "n_out": n_classes},
     ]
+
+
+def mlp_spec(
+    sizes: Sequence[int], activation: str, *, norm: str | None = None, dropout: float = 0.0
+) -> list[dict[str, Any]]:
+    """The layer specs of ``Network(sizes, activation, dropout=dropout)`` with a ``norm`` layer
+    (a layer name such as ``"batchnorm"``, or None) after each hidden Dense, before its activation:
+    ``Dense -> norm -> activation -> dropout`` per hidden layer, then the last Dense."""
+    init = DEFAULT_INIT[activation]
+    spec: list[dict[str, Any]] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        spec.append({"type": "dense", "n_in": n_in, "n_out": n_out, "init": init})
+        if i < len(sizes) - 2:
+            spec += [{"type": norm, "n_features": n_out}] if norm else []
+            spec.append({"type": activation})
+            spec += [{"type": "dropout", "p": dropout}] if dropout else []
+    return spec
 
 
 def count_correct(predicted: Array, labels: Array) -> Array:

@@ -19,14 +19,18 @@ from typing import Any
 
 from array_api_compat import device
 
+from fastnn.augment import Mixup, flip_averaged_probabilities
 from fastnn.backend import namespace
 from fastnn.layers import ACTIVATIONS
 from fastnn.losses import SoftmaxCrossEntropy
-from fastnn.network import Network, count_correct
-from fastnn.optimizers import SGD, Adam, check_lr
-from fastnn.schedules import Schedule, make_schedule
+from fastnn.network import Network, bottleneck_spec, count_correct, mlp_spec
+from fastnn.optimizers import OPTIMIZERS, check_lr
+from fastnn.schedules import SCHEDULES, Schedule, make_schedule
 
 Array = Any
+
+NORMS = {"none": None, "batch": "batchnorm", "layer": "layernorm"}
+"""``--norm``'s choices and the layer (a key of ``fastnn.layers.LAYERS``) each puts in the network."""
 
 
 @dataclass
@@ -57,16 +61,24 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     tf32: bool = False
+    norm: str = "none"
+    blocks: int = 0
+    expansion: int = 4
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    tta: bool = False
 
     def validate(self) -> None:
         problems = [
             (any(h < 1 for h in self.hidden), f"hidden sizes must be positive integers, got {list(self.hidden)}"),
-            (self.activation not in ACTIVATIONS, f"unknown activation {self.activation!r}"),
-            (self.optimizer not in ("adam", "sgd"), f"unknown optimizer {self.optimizer!r}; choose adam or sgd"),
+            (self.activation not in ACTIVATIONS,
+             f"unknown activation {self.activation!r}; choose {_names(ACTIVATIONS)}"),
+            (self.optimizer not in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose {_names(OPTIMIZERS)}"),
             (not self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (not 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.l2 < 0, f"l2 must be >= 0, got {self.l2}"),
-            (self.schedule not in ("none", "exp", "step", "cosine"), f"unknown schedule {self.schedule!r}"),
+            (self.schedule not in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {_names(SCHEDULES)}"),
             (self.decay < 0, f"decay must be >= 0, got {self.decay}"),
             (self.epochs < 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -76,6 +88,17 @@ class TrainConfig:
             (not 0 <= self.shift <= 16, f"shift must be in [0, 16] pixels, got {self.shift}"),
             (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
             (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
+            (self.norm not in NORMS, f"unknown norm {self.norm!r}; choose {_names(NORMS)}"),
+            (self.blocks < 0 or self.expansion < 1, f"blocks must be >= 0 and expansion >= 1, got {self.blocks}, "
+             f"{self.expansion}"),
+            (self.blocks > 0 and len(self.hidden) != 1, f"residual blocks (--blocks) have one width: give one "
+             f"hidden size (e.g. --hidden 512), got {list(self.hidden)}"),
+            (self.blocks > 0 and self.dropout > 0, "dropout acts in the plain MLP only; use --dropout 0 with --blocks"),
+            (not 0 <= self.weight_decay < math.inf, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.weight_decay > 0 and self.optimizer != "adamw", f"weight decay is AdamW's (--optimizer adamw); "
+             f"{self.optimizer} takes L2 (--l2)"),
+            (not 0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (not 0 <= self.mixup < math.inf, f"mixup alpha must be >= 0 (0 for none), got {self.mixup}"),
         ]
         for bad, message in problems:
             if bad:
@@ -106,20 +129,30 @@ class TrainConfig:
         return config
 
     def make_network(self, backend: Any, n_inputs: int, n_classes: int) -> Network:
-        return Network(
-            [n_inputs, *self.hidden, n_classes],
-            self.activation,
-            backend=backend,
-            dropout=self.dropout,
-            l2=self.l2,
-            seed=self.seed,
-            dtype=self.dtype,
-        )
+        """The plain ``Network(sizes, activation)`` (the original recipe, same weights), or a network
+        from layer specs when ``norm`` or ``blocks`` ask for layers it does not have."""
+        sizes, norm = [n_inputs, *self.hidden, n_classes], NORMS[self.norm]
+        common = {"backend": backend, "l2": self.l2, "seed": self.seed, "dtype": self.dtype,
+                  "label_smoothing": self.label_smoothing}
+        if self.blocks:
+            spec = bottleneck_spec(n_inputs, self.hidden[0], self.blocks, n_classes, expansion=self.expansion,
+                                   norm=norm, activation=self.activation)
+        elif norm:
+            spec = mlp_spec(sizes, self.activation, norm=norm, dropout=self.dropout)
+        else:
+            return Network(sizes, self.activation, dropout=self.dropout, **common)
+        return Network(spec=spec, **common)
 
-    def make_optimizer(self) -> SGD | Adam:
-        if self.optimizer == "adam":
-            return Adam()
-        return SGD(momentum=self.momentum, nesterov=self.nesterov and self.momentum > 0)
+    def make_optimizer(self) -> Any:
+        settings = {
+            "sgd": {"momentum": self.momentum, "nesterov": self.nesterov and self.momentum > 0},
+            "adamw": {"weight_decay": self.weight_decay},
+        }
+        return OPTIMIZERS[self.optimizer](**settings.get(self.optimizer, {}))
+
+    def make_mixup(self) -> Mixup | None:
+        """Mixup of the training batches, or None; its host generator is seeded from ``seed``."""
+        return Mixup(self.mixup, seed=self.seed) if self.mixup else None
 
     def make_schedule(self) -> Schedule:
         return make_schedule(
@@ -131,6 +164,10 @@ class TrainConfig:
             gamma=self.gamma,
             warmup=self.warmup,
         )
+
+
+def _names(registry: dict[str, Any]) -> str:
+    return ", ".join(registry)
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -206,6 +243,7 @@ def train_epoch(
     shift: int = 2,
     gather: int = 1,
     on_batch: Callable[[int], None] | None = None,
+    mixup: Mixup | None = None,
 ) -> tuple[Array, Array]:
     """One pass over ``(x, y)`` in a random order; returns (sum of batch losses x batch sizes,
     number correct), both still on the device. ``on_batch(done)`` is called after each batch
@@ -213,7 +251,8 @@ def train_epoch(
 
     ``gather`` batches are gathered (and augmented) together, then trained on one by one: the same
     rows in the same batches whatever its value, with fewer array operations per batch for more
-    memory (``Backend.gather_batches`` says what suits a device)."""
+    memory (``Backend.gather_batches`` says what suits a device). With ``mixup`` each batch is
+    mixed on the device and trained on soft targets; "correct" then counts the larger label's share."""
     check_data(network, x, y, batch_size)
     check_lr(lr)
     if augment:
@@ -230,7 +269,10 @@ def train_epoch(
             x_chunk = augment_images(x_chunk, rng, shift)
         for start in range(0, x_chunk.shape[0], batch_size):
             stop = min(start + batch_size, x_chunk.shape[0])
-            loss, n_correct = network.train_step(x_chunk[start:stop, ...], y_chunk[start:stop], optimizer, lr)
+            x_batch, targets = x_chunk[start:stop, ...], y_chunk[start:stop]
+            if mixup is not None:
+                x_batch, targets = mixup(x_batch, targets, network.n_classes, rng)
+            loss, n_correct = network.train_step(x_batch, targets, optimizer, lr)
             loss_sum = loss_sum + loss * (stop - start)
             correct = correct + n_correct
             if on_batch is not None:
@@ -239,12 +281,19 @@ def train_epoch(
 
 
 def evaluate(
-    network: Network, x: Array, y: Array, batch_size: int = 2000, *, return_predictions: bool = False
+    network: Network,
+    x: Array,
+    y: Array,
+    batch_size: int = 2000,
+    *,
+    return_predictions: bool = False,
+    tta: bool = False,
 ) -> tuple[float, float] | tuple[float, float, Array]:
     """(mean loss without the L2 term, accuracy) over ``(x, y)``, in evaluation mode, in batches.
 
     With ``return_predictions`` the predicted classes (a device array) come as a third item, from
-    the same forward pass.
+    the same forward pass. With ``tta`` the class probabilities are averaged over each image and its
+    mirror image (:func:`fastnn.augment.flip_averaged_probabilities`).
     """
     check_data(network, x, y, batch_size)
     xp = namespace(x)
@@ -258,7 +307,11 @@ def evaluate(
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yb = y[start:stop]
-        logits = network.logits(x[start:stop, ...])
+        if tta:  # log p are logits whose softmax is p; the floor keeps log finite where p underflowed
+            probabilities = flip_averaged_probabilities(network, x[start:stop, ...], batch_size)
+            logits = xp.log(xp.maximum(probabilities, xp.finfo(x.dtype).tiny))
+        else:
+            logits = network.logits(x[start:stop, ...])
         loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)
         predicted = xp.argmax(logits, axis=1)
         correct = correct + count_correct(predicted, yb)
@@ -317,6 +370,7 @@ class Trainer:
         xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")  # train_epoch, evaluate check the labels
         b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
+        mixup = cfg.make_mixup()
         n = x.shape[0]
         for epoch in range(cfg.epochs):
             lr = schedule(epoch)
@@ -336,6 +390,7 @@ class Trainer:
                 shift=cfg.shift,
                 gather=b.gather_batches,
                 on_batch=(lambda done: self.on_batch(done, n)) if self.on_batch else None,
+                mixup=mixup,
             )
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n
             b.synchronize()
@@ -421,7 +476,7 @@ def run_training(
     network = trainer.fit(split.x_train, split.y_train, split.x_val, split.y_val, n_classes=len(split.class_names))
     seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(
-        network, backend.asarray(split.x_test, config.dtype), backend.asarray(split.y_test, "int64")
+        network, backend.asarray(split.x_test, config.dtype), backend.asarray(split.y_test, "int64"), tta=config.tta
     )
     result = RunResult(config, network, trainer.history, test_loss, test_accuracy, seconds)
     if out is not None:
