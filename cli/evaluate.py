@@ -42,9 +42,10 @@ class Measured:
     trained: float | None
 
 
-def measure(model: str, backend: Any, data_dir: str | None) -> Measured:
-    """Load ``model`` on ``backend`` and evaluate it on the test set of the split it was trained with;
-    every problem (file, metadata, architecture, data) is a one-line ClickException."""
+def measure(model: str, backend: Any, data_dir: str | None, tta: bool | None = None) -> Measured:
+    """Load ``model`` on ``backend`` and evaluate it on the test set of the split it was trained with,
+    with test-time flips if ``tta`` (None: as the run was tested); every problem (file, metadata,
+    architecture, data) is a one-line ClickException."""
     try:
         network, meta = load(model, backend)
         try:
@@ -74,7 +75,8 @@ def measure(model: str, backend: Any, data_dir: str | None) -> Measured:
     backend.set_tf32(config.tf32)  # the precision the run was trained and tested in, so the numbers agree
     x_test = backend.asarray(split.x_test, config.dtype)
     y_test = backend.asarray(split.y_test, "int64")
-    loss, accuracy, predicted = evaluate(network, x_test, y_test, return_predictions=True)
+    tta = config.tta if tta is None else tta
+    loss, accuracy, predicted = evaluate(network, x_test, y_test, return_predictions=True, tta=tta)
     predicted = backend.to_numpy(predicted)
     counts = confusion_matrix(split.y_test, predicted, network.n_classes)
     return Measured(network, meta, config, names, split, loss, accuracy, predicted, counts, trained)
@@ -90,10 +92,15 @@ def measure(model: str, backend: Any, data_dir: str | None) -> Measured:
     envvar="FASTNN_DATA_DIR",
     help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
 )
-def evaluate_command(model: str, device: str, data_dir: str | None) -> None:
+@click.option(
+    "--tta/--no-tta",
+    default=None,
+    help="Average the predictions of each test image and its mirror image [default: as the run was tested].",
+)
+def evaluate_command(model: str, device: str, data_dir: str | None, tta: bool | None) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a saved MODEL (model.npz)."""
     backend = resolve_backend(device)
-    measured = measure(model, backend, data_dir)
+    measured = measure(model, backend, data_dir, tta)
     names, counts = measured.names, measured.counts
     columns = [Column(n[:5], justify="right", min_width=5, no_wrap=True) for n in names]
     table = Table(

@@ -12,8 +12,11 @@ import click
 from rich.markup import escape
 
 from fastnn.data.cifar10 import CLASS_NAMES, IMAGES_PER_BATCH, PIXELS, TRAIN_BATCHES, SplitError, check_split
+from fastnn.layers import ACTIVATIONS
+from fastnn.optimizers import OPTIMIZERS
+from fastnn.schedules import SCHEDULES
 from fastnn.tensorboard import TensorBoardLogger
-from fastnn.train import NonFiniteLoss, TrainConfig, run_training
+from fastnn.train import NORMS, NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
     console,
@@ -216,11 +219,43 @@ def training_options(command):
         ),
         click.option(
             "--activation",
-            type=click.Choice(["relu", "leaky_relu", "tanh", "sigmoid"]),
+            type=click.Choice(list(ACTIVATIONS)),
             default=DEFAULTS.activation,
             show_default=True,
         ),
-        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=DEFAULTS.optimizer, show_default=True),
+        click.option(
+            "--norm",
+            type=click.Choice(list(NORMS)),
+            default=DEFAULTS.norm,
+            show_default=True,
+            help="Normalization after each hidden Dense layer, before its activation (with --blocks: at the "
+            "start of each block).",
+        ),
+        click.option(
+            "--blocks",
+            type=click.IntRange(min=0),
+            default=DEFAULTS.blocks,
+            show_default=True,
+            help="Residual bottleneck blocks (Bachmann et al. 2023) of the width given by --hidden (one size): "
+            "x + Dense(Act(Dense(Norm(x)))); 0 for the plain MLP.",
+        ),
+        click.option(
+            "--expansion",
+            type=click.IntRange(min=1),
+            default=DEFAULTS.expansion,
+            show_default=True,
+            help="Width factor inside each block (--blocks).",
+        ),
+        click.option(
+            "--optimizer", type=click.Choice(list(OPTIMIZERS)), default=DEFAULTS.optimizer, show_default=True
+        ),
+        click.option(
+            "--weight-decay",
+            type=FiniteRange(min=0),
+            default=DEFAULTS.weight_decay,
+            show_default=True,
+            help="AdamW's decoupled weight decay (--optimizer adamw): p <- p - lr * wd * p for weight matrices.",
+        ),
         click.option(
             "--lr",
             type=FiniteRange(min=0, min_open=True),
@@ -245,7 +280,7 @@ def training_options(command):
         ),
         click.option(
             "--schedule",
-            type=click.Choice(["none", "exp", "step", "cosine"]),
+            type=click.Choice(list(SCHEDULES)),
             default=DEFAULTS.schedule,
             show_default=True,
             help="Learning-rate schedule; exp is eta * exp(-k t), t = epoch.",
@@ -301,6 +336,27 @@ def training_options(command):
             help="Largest random shift in pixels, with --augment (the image is padded with the mean colour).",
         ),
         click.option(
+            "--label-smoothing",
+            type=FiniteRange(0, 1, max_open=True),
+            default=DEFAULTS.label_smoothing,
+            show_default=True,
+            help="Training targets (1 - eps) * onehot + eps / classes.",
+        ),
+        click.option(
+            "--mixup",
+            type=FiniteRange(min=0),
+            default=DEFAULTS.mixup,
+            show_default=True,
+            help="Mixup alpha: each batch blended with a shuffled copy of itself, lam ~ Beta(alpha, alpha); "
+            "0 for none.",
+        ),
+        click.option(
+            "--tta/--no-tta",
+            default=DEFAULTS.tta,
+            show_default=True,
+            help="Test-time augmentation: average the predictions of each test image and its mirror image.",
+        ),
+        click.option(
             "--seed",
             type=click.IntRange(min=0),
             default=DEFAULTS.seed,
@@ -350,8 +406,15 @@ def training_options(command):
 
 
 def config_from_options(options: dict) -> TrainConfig:
+    """The options' TrainConfig; settings that do not go together (e.g. --weight-decay without
+    --optimizer adamw) are a usage error here, before any data is loaded."""
     names = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in options.items() if k in names})
+    config = TrainConfig(**{k: v for k, v in options.items() if k in names})
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return config
 
 
 @click.command()
