@@ -12,9 +12,18 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from fastnn.experiments import ExperimentError, ExperimentSettings, Reporter, RunRecord, quick, run_experiments
+from fastnn.experiments import (
+    OPTIONAL_STUDIES,
+    ExperimentError,
+    ExperimentSettings,
+    Reporter,
+    RunRecord,
+    quick,
+    run_experiments,
+)
 from fastnn.report import ReportError, require_matplotlib, write_report
 from fastnn.tensorboard import TensorBoardReporter
+from fastnn.train import NORMS
 from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
 from fastnn_cli.tensorboard import check_tensorboard, tensorboard_option
 from fastnn_cli.train import (
@@ -47,6 +56,24 @@ class FloatList(click.ParamType):
         if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
             self.fail(f"learning rates must be positive finite numbers, got {value!r}", param, ctx)
         return values
+
+
+class NameList(click.ParamType):
+    """Comma-separated names from ``choices``, e.g. ``norm,mixup``; each once."""
+
+    name = "NAMES"
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):  # from a TOML config, or the default
+            value = ",".join(str(v) for v in value)
+        names = [part.strip() for part in str(value).split(",") if part.strip()]
+        unknown = [n for n in names if n not in self.choices]
+        if unknown:
+            self.fail(f"unknown {', '.join(map(repr, unknown))}; choose from {', '.join(self.choices)}", param, ctx)
+        return tuple(dict.fromkeys(names))
 
 
 def _result_text(record: RunRecord) -> str:
@@ -139,14 +166,51 @@ class ConsoleReporter(Reporter):
     show_default=True,
     help="k of the 'with schedule' run (exp) when the base has --schedule none.",
 )
+@click.option(
+    "--study",
+    "studies",
+    type=NameList(OPTIONAL_STUDIES),
+    default="",
+    help=f"Optional studies to add, comma-separated: {', '.join(OPTIONAL_STUDIES)} (with vs without "
+    "normalization, label smoothing, mixup; AdamW vs Adam + L2).",
+)
+@click.option(
+    "--norm-study",
+    type=click.Choice([k for k in NORMS if k != "none"]),
+    default=SETTINGS.norm_study,
+    show_default=True,
+    help="--norm of the 'with' run of the norm study when the base has --norm none.",
+)
+@click.option(
+    "--smoothing-study",
+    type=FiniteRange(0, 1, min_open=True, max_open=True),
+    default=SETTINGS.smoothing_study,
+    show_default=True,
+    help="--label-smoothing of the 'with' run of the smoothing study when the base has none.",
+)
+@click.option(
+    "--mixup-study",
+    type=FiniteRange(min=0, min_open=True),
+    default=SETTINGS.mixup_study,
+    show_default=True,
+    help="--mixup alpha of the 'with' run of the mixup study when the base has none.",
+)
+@click.option(
+    "--weight-decay-study",
+    type=FiniteRange(min=0, min_open=True),
+    default=SETTINGS.weight_decay_study,
+    show_default=True,
+    help="AdamW's weight decay in the adamw study when the base has none.",
+)
 @tensorboard_option
 @click.pass_context
 def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, tensorboard_dir: str | None, **options) -> None:
     """Run the assignment's studies from one base config (the options, or their defaults): the base
     run; Adam vs SGD, each at the learning rate a validation sweep chose; with vs without L2; with vs
-    without the learning-rate schedule. Writes report.md, curves.png, report.pdf and results.json to
-    --out; an interrupted run resumes, skipping the runs it finished."""
-    names = ("quick", "seeds", "sweep_epochs", "adam_lrs", "sgd_lrs", "l2_study", "decay_study")
+    without the learning-rate schedule; and the --study ones asked for. Writes report.md, curves.png,
+    report.pdf and results.json to --out; an interrupted run resumes, skipping the runs it finished."""
+    names = ("quick", "seeds", "sweep_epochs", "adam_lrs", "sgd_lrs", "l2_study", "decay_study", "studies",
+             "norm_study", "smoothing_study", "mixup_study", "weight_decay_study")
     picked = {name: options.pop(name) for name in names}
     settings = ExperimentSettings(**{k: v for k, v in picked.items() if k != "quick"})
     base = config_from_options(options)

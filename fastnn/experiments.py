@@ -8,6 +8,9 @@ From one base configuration (the default recipe, or the user's) an experiment tr
 3. with against without L2 regularization;
 4. with against without the learning-rate schedule;
 
+and, where asked (``ExperimentSettings.studies``, keys of :data:`OPTIONAL_STUDIES`), with against
+without normalization layers, label smoothing and mixup, and AdamW against Adam with L2;
+
 with every other setting equal, on one prepared split, each final run repeated over ``seeds``
 seeds. A run is identified by its whole config: roles that share a config (the base run is also
 "Adam" and "without L2") are one run, trained once and referenced by each role.
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from fastnn.checkpoint import write_atomic
-from fastnn.train import EpochRecord, NonFiniteLoss, TrainConfig, run_training
+from fastnn.train import NORMS, EpochRecord, NonFiniteLoss, TrainConfig, run_training
 
 RUN_FORMAT = "fastnn-experiment-run-1"
 # The numbers of RunResult.summary() that studies aggregate over seeds, in report order.
@@ -60,6 +63,9 @@ class ExperimentSettings:
     seeds: every final run is repeated with seeds base.seed, base.seed + 1, ..., base.seed + seeds - 1
         (0..seeds-1 for the default seed 0); the sweep uses base.seed only.
     quick: set by :func:`quick`; the report then says it is not for conclusions.
+    studies: the optional studies to add, keys of :data:`OPTIONAL_STUDIES`.
+    norm_study, smoothing_study, mixup_study, weight_decay_study: the setting of the "with" run of
+        those studies (AdamW's weight decay for the AdamW study) when the base has none.
     """
 
     adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
@@ -69,6 +75,11 @@ class ExperimentSettings:
     decay_study: float = 0.05
     seeds: int = 1
     quick: bool = False
+    studies: tuple[str, ...] = ()
+    norm_study: str = "batch"
+    smoothing_study: float = 0.1
+    mixup_study: float = 0.2
+    weight_decay_study: float = 0.05
 
     def validate(self) -> None:
         problems = [
@@ -80,6 +91,13 @@ class ExperimentSettings:
             (not self.l2_study > 0, "--l2-study must be > 0 (it is the lambda of the 'with L2' run)"),
             (not self.decay_study > 0, "--decay-study must be > 0 (it is the k of the 'with schedule' run)"),
             (self.seeds < 1, "--seeds must be >= 1"),
+            (any(key not in OPTIONAL_STUDIES for key in self.studies),
+             f"--study takes {', '.join(OPTIONAL_STUDIES)}, got {', '.join(self.studies)}"),
+            (self.norm_study not in NORMS or self.norm_study == "none",
+             f"--norm-study must be one of {', '.join(k for k in NORMS if k != 'none')}"),
+            (not 0 < self.smoothing_study < 1, "--smoothing-study must be in (0, 1)"),
+            (not 0 < self.mixup_study < math.inf, "--mixup-study must be > 0"),
+            (not 0 < self.weight_decay_study < math.inf, "--weight-decay-study must be > 0"),
         ]
         for bad, message in problems:
             if bad:
@@ -87,7 +105,7 @@ class ExperimentSettings:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["adam_lrs"], out["sgd_lrs"] = list(self.adam_lrs), list(self.sgd_lrs)
+        out["adam_lrs"], out["sgd_lrs"], out["studies"] = list(self.adam_lrs), list(self.sgd_lrs), list(self.studies)
         return out
 
 
@@ -107,7 +125,16 @@ def quick(base: TrainConfig, settings: ExperimentSettings, keep: Collection[str]
     return dataclasses.replace(base, **config_changes), dataclasses.replace(settings, quick=True, **setting_changes)
 
 
-ADDED_LATER = {"tf32": False}
+ADDED_LATER = {
+    "tf32": False,
+    "norm": "none",
+    "blocks": 0,
+    "expansion": 4,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "tta": False,
+}
 """Settings added after studies were first recorded. At these defaults they are left out of a run's
 key, so that earlier records, which lack them, still match and keep their folder names."""
 
@@ -150,6 +177,11 @@ def run_label(config: TrainConfig, base: TrainConfig) -> str:
     parts = [f"{config.optimizer} lr={config.lr:g}"]
     if config.l2:
         parts.append(f"l2={config.l2:g}")
+    if config.weight_decay:
+        parts.append(f"wd={config.weight_decay:g}")
+    for name, text in (("norm", "norm {}"), ("label_smoothing", "smoothing {:g}"), ("mixup", "mixup {:g}")):
+        if getattr(config, name) != getattr(base, name):
+            parts.append(text.format(getattr(config, name)))
     if (config.schedule, config.decay) != (base.schedule, base.decay):
         parts.append("no schedule" if config.schedule == "none" else schedule_text(config))
     if config.epochs != base.epochs:
@@ -291,8 +323,64 @@ def add_studies(plan: Plan, settings: ExperimentSettings, chosen_lr: dict[str, f
             plan.arm("without schedule", without_schedule, seeds),
         ]),
     ]
+    studies += [OPTIONAL_STUDIES[key](plan, settings, chosen_lr, seeds) for key in settings.studies]
     plan.studies.extend(studies)
     return studies
+
+
+def _with_against_without(
+    plan: Plan, seeds: Iterable[int], key: str, title: str, name: str, setting: str, study_value: Any, off: Any
+) -> Study:
+    """A study of one setting: the base's value of ``setting`` (or ``study_value`` when the base has it
+    ``off``) against ``off``; ``name`` describes the "with" arm, e.g. "mixup alpha={}"."""
+    base = plan.base
+    value = getattr(base, setting)
+    if value == off:
+        value = study_value
+        note = f"The base has no {title.lower()}, so 'with' uses {setting} = {value} (--{key}-study)."
+    else:
+        note = f"The base's {setting} = {value} against {off}."
+    seeds = list(seeds)
+    return Study(key, f"With vs without {title}", note, [
+        plan.arm(f"with {name.format(value)}", dataclasses.replace(base, **{setting: value}), seeds),
+        plan.arm(f"without {title.lower()}", dataclasses.replace(base, **{setting: off}), seeds),
+    ])
+
+
+def _norm_study(plan: Plan, settings: ExperimentSettings, chosen_lr: dict[str, float], seeds: Iterable[int]) -> Study:
+    return _with_against_without(plan, seeds, "norm", "Normalization", "{} norm", "norm", settings.norm_study, "none")
+
+
+def _smoothing_study(
+    plan: Plan, settings: ExperimentSettings, chosen_lr: dict[str, float], seeds: Iterable[int]
+) -> Study:
+    return _with_against_without(plan, seeds, "smoothing", "Label smoothing", "smoothing eps={:g}",
+                                 "label_smoothing", settings.smoothing_study, 0.0)
+
+
+def _mixup_study(plan: Plan, settings: ExperimentSettings, chosen_lr: dict[str, float], seeds: Iterable[int]) -> Study:
+    return _with_against_without(plan, seeds, "mixup", "Mixup", "mixup alpha={:g}", "mixup", settings.mixup_study, 0.0)
+
+
+def _adamw_study(plan: Plan, settings: ExperimentSettings, chosen_lr: dict[str, float], seeds: Iterable[int]) -> Study:
+    """AdamW's decoupled weight decay against Adam with the L2 term, both at Adam's chosen rate."""
+    base, seeds = plan.base, list(seeds)
+    decay = base.weight_decay or settings.weight_decay_study
+    l2 = base.l2 or settings.l2_study
+    adamw = dataclasses.replace(base, optimizer="adamw", lr=chosen_lr["adam"], weight_decay=decay, l2=0.0)
+    adam = dataclasses.replace(base, optimizer="adam", lr=chosen_lr["adam"], weight_decay=0.0, l2=l2)
+    note = (
+        f"Both at the learning rate the sweep chose for Adam ({chosen_lr['adam']:g}): AdamW with decoupled "
+        f"weight decay {decay:g} (p <- p - lr * wd * p) against Adam with L2 lambda = {l2:g} in the loss."
+    )
+    return Study("adamw", "AdamW vs Adam + L2", note, [
+        plan.arm(f"AdamW wd={decay:g}", adamw, seeds),
+        plan.arm(f"Adam L2 lambda={l2:g}", adam, seeds),
+    ])
+
+
+OPTIONAL_STUDIES = {"norm": _norm_study, "smoothing": _smoothing_study, "mixup": _mixup_study, "adamw": _adamw_study}
+"""The studies ``--study`` adds to the assignment's three, by name."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ QUICK_WARNING = "quick run: not for conclusions"
 TARGET = 0.42  # the test accuracy the assignment asks the base recipe to reach
 PAGE = (11.69, 8.27)  # A4 landscape, inches
 # Studies drawn in curves.png, one panel column each, in this order.
-PLOTTED = ("optimizer", "l2", "schedule", "sweep")
+PLOTTED = ("optimizer", "l2", "schedule", "norm", "smoothing", "mixup", "adamw", "sweep")
 RUN_HEADERS = (
     "Run", "Layers", "Activation", "Optimizer", "LR", "Regularization", "Schedule", "Epochs", "Batch",
     "Seed", "Test acc", "Best val acc", "Train acc", "Train loss", "Wall time",
@@ -97,12 +97,16 @@ def layers_text(config: TrainConfig, data: dict[str, int]) -> str:
 def optimizer_text(config: TrainConfig) -> str:
     if config.optimizer == "adam":
         return "Adam"
+    if config.optimizer == "adamw":
+        return f"AdamW weight decay {config.weight_decay:g}"
     return f"SGD momentum {config.momentum:g}" + (" Nesterov" if config.nesterov and config.momentum else "")
 
 
 def regularization_text(config: TrainConfig) -> str:
     parts = [f"L2 lambda={config.l2:g}"] if config.l2 else []
     parts += [f"dropout {config.dropout:g}"] if config.dropout else []
+    parts += [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+    parts += [f"mixup alpha={config.mixup:g}"] if config.mixup else []
     parts += ["augmentation"] if config.augment else []
     return ", ".join(parts) or "none"
 
@@ -139,8 +143,9 @@ def arm_rows(result: ExperimentResult) -> list[list[str]]:
 
 
 def _report_order(result: ExperimentResult) -> list[Study]:
-    """Studies in reading order: base, optimizer, L2, schedule, then the sweep that chose the lrs."""
-    rank = {"base": 0, "optimizer": 1, "l2": 2, "schedule": 3, "sweep": 4}
+    """Studies in reading order: base, optimizer, L2, schedule, the --study ones, then the sweep that chose
+    the lrs."""
+    rank = {"base": 0, "optimizer": 1, "l2": 2, "schedule": 3, "sweep": 9}  # --study ones before the sweep
     return sorted(result.plan.studies, key=lambda s: rank.get(s.key, 5))
 
 

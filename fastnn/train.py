@@ -309,7 +309,7 @@ def evaluate(
         yb = y[start:stop]
         if tta:  # log p are logits whose softmax is p; the floor keeps log finite where p underflowed
             probabilities = flip_averaged_probabilities(network, x[start:stop, ...], batch_size)
-            logits = xp.log(xp.maximum(probabilities, xp.finfo(x.dtype).tiny))
+            logits = xp.log(xp.maximum(probabilities, xp.finfo(x.dtype).smallest_normal))
         else:
             logits = network.logits(x[start:stop, ...])
         loss_sum = loss_sum + SoftmaxCrossEntropy().forward(logits, yb) * (stop - start)

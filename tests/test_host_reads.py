@@ -20,6 +20,7 @@ import fastnn.train as train_module
 from fastnn.backend import Backend, DeviceRNG
 from fastnn.network import Network
 from fastnn.optimizers import Adam
+from fastnn.train import TrainConfig
 
 
 class HostRead(AssertionError):
@@ -182,3 +183,23 @@ def test_cupy_integers_from_uniform_floats_cover_the_range(guarded_device):
     assert draws.dtype == np.int64
     counts = np.bincount(np.asarray(draws), minlength=5)
     assert counts.size == 5 and counts.min() > 900  # about 1000 each
+
+
+def test_mixup_batchnorm_and_adamw_read_nothing_from_the_device(guarded_device):
+    """The techniques that change the batch loop (mixup's soft targets, BatchNorm's running statistics,
+    label smoothing, AdamW's decay) as TrainConfig builds them, in the same guarded epoch."""
+    config = TrainConfig(hidden=(16,), norm="batch", mixup=0.4, label_smoothing=0.1, optimizer="adamw",
+                         weight_decay=0.01)  # fmt: skip
+    network = config.make_network(Backend("numpy", np, "cpu"), 3072, 10)
+    for _, layer in network.named_layers():
+        layer.params = {name: on_device(value) for name, value in layer.params.items()}
+        layer.buffers = {name: on_device(value) for name, value in layer.buffers.items()}
+    rng = np.random.default_rng(0)
+    x = on_device(rng.normal(size=(100, 3072)).astype(np.float32))
+    y = on_device(rng.integers(0, 10, 100))
+    loss_sum, correct = train_module.train_epoch(
+        network, config.make_optimizer(), x, y, batch_size=8, lr=1e-3, rng=DeviceRNG(guarded_device, 0),
+        augment=True, gather=8, mixup=config.make_mixup(),
+    )  # fmt: skip
+    DeviceArray.guarded = False
+    assert np.isfinite(float(loss_sum)) and 0 <= int(correct) <= 100
