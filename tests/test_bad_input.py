@@ -41,6 +41,16 @@ def no_data(monkeypatch):
         (["--hidden", " , "], "an empty layer size"),
         (["--hidden", "64,,32"], "'64,,32' has an empty layer size between commas"),
         (["--hidden", "64,"], "has an empty layer size"),
+        (["--norm", "group"], "Invalid value for '--norm'"),
+        (["--optimizer", "lamb"], "Invalid value for '--optimizer'"),
+        (["--blocks", "-1"], "Invalid value for '--blocks'"),
+        (["--blocks", "2"], "give one hidden size (e.g. --hidden 512), got [1024, 512]"),
+        (["--blocks", "1", "--hidden", "64", "--dropout", "0.2"], "dropout acts in the plain MLP only"),
+        (["--weight-decay", "0.1"], "weight decay is AdamW's (--optimizer adamw); adam takes L2 (--l2)"),
+        (["--weight-decay", "nan", "--optimizer", "adamw"], "Invalid value for '--weight-decay'"),
+        (["--label-smoothing", "1"], "Invalid value for '--label-smoothing'"),
+        (["--mixup", "-0.5"], "Invalid value for '--mixup'"),
+        (["--mixup", "inf"], "Invalid value for '--mixup'"),
     ],
 )
 def test_bad_options_are_refused_before_the_data_is_loaded(no_data, tmp_path, command, args, message):
@@ -63,6 +73,9 @@ def test_experiment_learning_rates_must_be_finite(no_data, tmp_path, option, val
         ("seed = -1\n", "seed = -1"),
         ("lr = 0.1\n[train]\nepochs = 2\n", "lr outside the [train] table; move them into it"),
         ("lrr = 0.1\n[train]\nepochs = 2\n", "lrr outside the [train] table"),
+        ('norm = "group"\n', "norm = 'group'"),
+        ("mixup = true\n", "mixup = True: must be a number"),
+        ('optimizer = "sgd"\nweight_decay = 0.1\n', "weight decay is AdamW's"),
     ],
 )
 def test_bad_config_files_are_refused(no_data, tmp_path, toml, message):
@@ -203,3 +216,16 @@ def test_the_memory_check_uses_the_memory_free_here(no_data, tmp_path, monkeypat
     config.write_text("hidden = [100000]\n")
     error = one_line_error(run("train", "--config", str(config), "--device", "cpu"), 2)
     assert "needs about 4.6 GiB to train, more than the 1.0 GiB free here" in error
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--study", "norm,dropout"], "unknown 'dropout'; choose from norm, smoothing, mixup, adamw"),
+        (["--mixup-study", "0"], "Invalid value for '--mixup-study'"),
+        (["--norm-study", "none"], "Invalid value for '--norm-study'"),
+    ],
+)
+def test_bad_study_options_are_refused_before_the_data_is_loaded(no_data, tmp_path, args, message):
+    result = run("experiments", "--device", "cpu", "--out", str(tmp_path / "out"), *args)
+    assert message in one_line_error(result, 2)
