@@ -341,7 +341,7 @@ def _with_against_without(
     else:
         note = f"The base's {setting} = {value} against {off}."
     seeds = list(seeds)
-    return Study(key, f"With vs without {title}", note, [
+    return Study(key, f"With vs without {title.lower()}", note, [
         plan.arm(f"with {name.format(value)}", dataclasses.replace(base, **{setting: value}), seeds),
         plan.arm(f"without {title.lower()}", dataclasses.replace(base, **{setting: off}), seeds),
     ])

@@ -117,6 +117,42 @@ def test_plan_from_a_base_with_l2_and_without_schedule():
     assert _ids(plan, "optimizer")["Adam lr=0.003"] != _ids(plan, "base")["base"]
 
 
+def test_optional_studies_compare_each_technique_with_and_without():
+    settings = ExperimentSettings(studies=("norm", "smoothing", "mixup", "adamw"))
+    plan = Plan(BASE)
+    add_sweep(plan, settings)
+    add_studies(plan, settings, {"adam": 3e-3, "sgd": 0.01})
+    assert [s.key for s in plan.studies] == [
+        "sweep", "base", "optimizer", "l2", "schedule", "norm", "smoothing", "mixup", "adamw"
+    ]  # fmt: skip
+    base = _ids(plan, "base")["base"]
+
+    def configs(key):
+        return {name: plan.runs[ids[0]].config for name, ids in _ids(plan, key).items()}
+
+    norm = {"with batch norm": dataclasses.replace(BASE, norm="batch"), "without normalization": BASE}
+    assert configs("norm") == norm
+    assert configs("smoothing")["with smoothing eps=0.1"] == dataclasses.replace(BASE, label_smoothing=0.1)
+    assert configs("mixup")["with mixup alpha=0.2"] == dataclasses.replace(BASE, mixup=0.2)
+    for key in ("norm", "smoothing", "mixup"):  # "without" is the base run, trained once
+        assert list(_ids(plan, key).values())[1] == base
+    assert configs("adamw") == {
+        "AdamW wd=0.05": dataclasses.replace(BASE, optimizer="adamw", lr=3e-3, weight_decay=0.05),
+        "Adam L2 lambda=0.0001": dataclasses.replace(BASE, lr=3e-3, l2=1e-4),
+    }
+    assert plan.runs[_ids(plan, "adamw")["AdamW wd=0.05"][0]].label == "adamw lr=0.003 wd=0.05"
+    assert plan.runs[_ids(plan, "mixup")["with mixup alpha=0.2"][0]].label == "adam lr=0.001 mixup 0.2"
+
+
+def test_optional_studies_keep_a_base_that_has_the_technique():
+    base = dataclasses.replace(BASE, norm="layer", mixup=0.8)
+    plan = Plan(base)
+    add_studies(plan, ExperimentSettings(studies=("mixup", "norm")), {"adam": 1e-3, "sgd": 0.01})
+    assert [plan.runs[ids[0]].config.mixup for ids in _ids(plan, "mixup").values()] == [0.8, 0.0]
+    assert [plan.runs[ids[0]].config.norm for ids in _ids(plan, "norm").values()] == ["layer", "none"]
+    assert "The base's mixup = 0.8 against 0.0." in plan.study("mixup").note
+
+
 def test_quick_settings_keep_what_was_given():
     base, settings = quick(BASE, ExperimentSettings(), keep={"epochs"})
     assert settings.quick and settings.sweep_epochs == 1 and len(settings.adam_lrs) == len(settings.sgd_lrs) == 2
@@ -212,6 +248,25 @@ def test_command_trains_reports_and_resumes(tmp_path, monkeypatch):
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
     assert "start" not in second.output and second.output.count("skip  [") == 5
+
+
+def test_command_plans_the_studies_asked_for(tmp_path, monkeypatch, fake):
+    """--study adds the optional studies (here from TOML, as --config gives the base), tiny and fake-trained."""
+    import fastnn_cli.experiments as command
+
+    training = fake()
+    monkeypatch.setattr(command, "load_split", lambda data_dir, validation, split_seed, subset: _split())
+    config = tmp_path / "base.toml"
+    config.write_text('hidden = [8]\nepochs = 1\nstudy = ["smoothing", "adamw"]\n')
+    args = ["experiments", "--config", str(config), "--device", "cpu", "--adam-lrs", "1e-3", "--sgd-lrs", "0.01",
+            "--no-augment", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [s["key"] for s in results["studies"]][-2:] == ["smoothing", "adamw"]
+    assert results["settings"]["studies"] == ["smoothing", "adamw"]
+    assert {c.optimizer for c in training.calls} == {"adam", "sgd", "adamw"}
+    assert "With vs without label smoothing" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_command_usage_errors(tmp_path, monkeypatch):
