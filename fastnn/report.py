@@ -91,7 +91,9 @@ def _stat_text(metric: str, stat: dict[str, float] | None) -> str:
 def layers_text(config: TrainConfig, data: dict[str, int]) -> str:
     """Neurons per layer, input to output, e.g. ``3072-1024-512-10 (2 hidden)``."""
     sizes = [data["features"], *config.hidden, data["classes"]]
-    return f"{'-'.join(map(str, sizes))} ({len(config.hidden)} hidden)"
+    blocks = f" with {config.blocks} residual blocks ({config.expansion}x wide inside)" if config.blocks else ""
+    norm = f", {config.norm} norm" if config.norm != "none" else ""
+    return f"{'-'.join(map(str, sizes))} ({len(config.hidden)} hidden){blocks}{norm}"
 
 
 def optimizer_text(config: TrainConfig) -> str:
