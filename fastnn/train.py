@@ -252,7 +252,8 @@ def train_epoch(
     ``gather`` batches are gathered (and augmented) together, then trained on one by one: the same
     rows in the same batches whatever its value, with fewer array operations per batch for more
     memory (``Backend.gather_batches`` says what suits a device). With ``mixup`` each batch is
-    mixed on the device and trained on soft targets; "correct" then counts the larger label's share."""
+    mixed on the device and trained on soft targets; a prediction is then correct when it names the
+    label with the larger share."""
     check_data(network, x, y, batch_size)
     check_lr(lr)
     if augment:
