@@ -54,6 +54,16 @@ def set_threads(count: int) -> int:
     return previous
 
 
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    # a forked child has none of the parent's threads (nor a lock one of them held): it starts afresh
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
