@@ -93,7 +93,7 @@ def _update(arrays: list[np.ndarray], block_update: BlockUpdate, scratch: dict) 
 
     def run(slot: int) -> None:
         start, stop = bounds[slot]
-        key = (slot, first.dtype)
+        key = (slot, first.dtype, BLOCK)
         t = scratch.get(key)
         if t is None:
             t = scratch[key] = np.empty(BLOCK, dtype=first.dtype)
