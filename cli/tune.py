@@ -48,7 +48,15 @@ def tune(space_path, trials, out_dir, storage, study_name, workers, timeout, pru
         raise click.BadParameter(f"cannot make {out}: {exc.strerror}", param_hint="'--out'") from exc
     embedded = storage is None
     settings = tuning.StudySettings(
-        space_path, storage or tuning.default_storage(out), study_name, trials, pruner, seed, embedded, data_dir, timeout
+        space_path,
+        storage or tuning.default_storage(out),
+        study_name,
+        trials,
+        pruner,
+        seed,
+        embedded,
+        data_dir,
+        timeout,
     )
     try:
         study = tuning.open_study(settings.storage, study_name, pruner, seed, embedded)
@@ -76,10 +84,15 @@ def tune(space_path, trials, out_dir, storage, study_name, workers, timeout, pru
     if not complete:
         raise click.ClickException("no trial completed, so there is no best trial; see the messages above")
     best = study.best_trial
-    console.print(f"best trial {best.number}: val accuracy {best.value:.2%} {best.params}; measuring it on the test set")
+    console.print(
+        f"best trial {best.number}: val accuracy {best.value:.2%} {best.params}; measuring it on the test set"
+    )
     result = tuning.train_best(study, space, data_dir, out / "best")
-    command = "fastnn tune " + " ".join(shlex.quote(a) for a in sys.argv[1:][sys.argv[1:].index("tune") + 1 :]) \
-        if "tune" in sys.argv[1:] else "fastnn tune"
+    command = (
+        "fastnn tune " + " ".join(shlex.quote(a) for a in sys.argv[1:][sys.argv[1:].index("tune") + 1 :])
+        if "tune" in sys.argv[1:]
+        else "fastnn tune"
+    )
     try:
         tuning.write_report(out, study, space, command, result.summary())
     except OSError as exc:

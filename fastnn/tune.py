@@ -201,8 +201,10 @@ def trials_table(study: Any) -> str:
     rows = ["| trial | state | val accuracy | epochs | " + " | ".join(names) + " |"]
     rows.append("|" + "---|" * (4 + len(names)))
     for t in study.trials:
-        value = f"{t.value:.2%}" if t.value is not None else (
-            f"{t.intermediate_values[max(t.intermediate_values)]:.2%}" if t.intermediate_values else "-"
+        value = (
+            f"{t.value:.2%}"
+            if t.value is not None
+            else (f"{t.intermediate_values[max(t.intermediate_values)]:.2%}" if t.intermediate_values else "-")
         )
         epochs = max(t.intermediate_values) if t.intermediate_values else 0
         cells = [_cell(t.params.get(n, "")) for n in names]
@@ -281,8 +283,9 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
             pruner=pruners[pruner](),
         )
     except ImportError as exc:  # the database's driver
-        raise TuneError(f"the storage {storage_url.split(':')[0]} needs its driver: {exc}; "
-                        'pip install "fastnn[tune]"') from exc
+        raise TuneError(
+            f'the storage {storage_url.split(":")[0]} needs its driver: {exc}; pip install "fastnn[tune]"'
+        ) from exc
     except Exception as exc:  # SQLAlchemy's errors: unreachable host, bad URL, refused login
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TuneError(f"cannot open the storage {_hide_password(storage_url)}: {first}") from exc
@@ -386,7 +389,9 @@ def _worker_main(settings: StudySettings, worker: int) -> None:
 def _print_trial(trial: Any) -> None:
     epochs = max(trial.intermediate_values) if trial.intermediate_values else 0
     value = f"val accuracy {trial.value:.2%}" if trial.value is not None else ""
-    print(f"trial {trial.number}: {trial.state.name.lower()} after {epochs} epoch(s) {value} {trial.params}", flush=True)
+    print(
+        f"trial {trial.number}: {trial.state.name.lower()} after {epochs} epoch(s) {value} {trial.params}", flush=True
+    )
 
 
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
