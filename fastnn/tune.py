@@ -265,6 +265,7 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
     except ImportError as exc:
         raise TuneError(INSTALL_HINT) from exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat, stable since v2.9
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
@@ -295,7 +296,7 @@ def _hide_password(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
     return url
 
 
