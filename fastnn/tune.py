@@ -11,6 +11,7 @@ import dataclasses
 import io
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,7 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
     """Create or join the study; a database that cannot be reached is a :class:`TuneError`."""
     try:
         import optuna
+        import sqlalchemy
     except ImportError as exc:
         raise TuneError(INSTALL_HINT) from exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -271,10 +273,14 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
         "none": optuna.pruners.NopPruner,
     }
+    # Elsewhere than the embedded file, a worker that stops beating for 60 s is taken for dead.
+    heartbeat = {} if embedded else {"heartbeat_interval": 15, "grace_period": 60}
     try:
-        # Elsewhere than the embedded file, a worker that stops beating for 60 s is taken for dead.
-        heartbeat = {} if embedded else {"heartbeat_interval": 15, "grace_period": 60}
-        storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
+        try:
+            storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
+        except sqlalchemy.exc.IntegrityError:  # another command made the same tables at the same moment
+            time.sleep(1)
+            storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
         return optuna.create_study(
             storage=storage,
             study_name=name,

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def _as_pg_user(args: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL 15 server in a temporary folder, on a free port, run as an unprivileged user."""
     if not (PG_BIN / "pg_ctl").exists():
         pytest.skip(f"no PostgreSQL 15 server in {PG_BIN} (apt-get install postgresql-15)")
@@ -205,7 +206,7 @@ def postgres(tmp_path_factory):
         made = subprocess.run(["useradd", "--system", "--no-create-home", PG_USER], capture_output=True, text=True)
         if made.returncode != 0:
             pytest.skip(f"cannot make the user {PG_USER} to run PostgreSQL: {made.stderr.strip()}")
-    folder = tmp_path_factory.mktemp("postgres")
+    folder = Path(tempfile.mkdtemp(prefix="fastnn-pg-"))  # pytest's folders are root's alone
     folder.chmod(0o777)
     data = folder / "data"
     with socket.socket() as s:
