@@ -133,8 +133,15 @@ class ConsoleReporter(Reporter):
     show_default=True,
     help="k of the 'with schedule' run (exp) when the base has --schedule none.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once, each in its own process with its share of the BLAS threads.",
+)
 @click.pass_context
-def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **options) -> None:
+def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, workers: int, **options) -> None:
     """Run the assignment's studies from one base config (the options, or their defaults): the base
     run; Adam vs SGD, each at the learning rate a validation sweep chose; with vs without L2; with vs
     without the learning-rate schedule. Writes report.md, curves.png, report.pdf and results.json to
@@ -164,7 +171,7 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, **option
         f"{settings.seeds} seed(s), writing to {escape(out_dir)}{warning}"
     )
     try:
-        result = run_experiments(base, settings, split, backend, out_dir, ConsoleReporter())
+        result = run_experiments(base, settings, split, backend, out_dir, ConsoleReporter(), workers=workers)
         paths = write_report(result, out_dir)
     except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -261,3 +261,24 @@ def test_recorded_runs_keep_their_ids_when_settings_are_added():
         assert run_id(config) == recorded_id
         assert config_key(config) == config_key(run["config"])
         assert config_key(dataclasses.replace(config, tf32=True)) != config_key(run["config"])
+
+
+def test_workers_give_the_records_of_a_sequential_run(tmp_path):
+    """--workers 2 trains real tiny networks in two processes: every record equals the sequential
+    run's but for the seconds it took, and the results are in the same order; a second call resumes."""
+    settings = ExperimentSettings(adam_lrs=(1e-3, 1e-2), sgd_lrs=(0.1,), sweep_epochs=2)
+    split, backend = _split(), get_backend("cpu")
+
+    def records(out, workers):
+        result = run_experiments(BASE, settings, split, backend, out, workers=workers)
+        rows = [r.to_dict() for r in result.records.values()]
+        for row in rows:
+            row["summary"] = {k: v for k, v in (row["summary"] or {}).items() if k != "seconds"}
+            row["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in row["history"]]
+        return rows
+
+    sequential = records(tmp_path / "one", 1)
+    assert records(tmp_path / "two", 2) == sequential
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("runs/*/result.json")}
+    assert records(tmp_path / "two", 2) == sequential  # resumed: nothing trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("runs/*/result.json")} == before
