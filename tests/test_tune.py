@@ -248,3 +248,12 @@ def test_two_commands_join_one_postgresql_study(tmp_path, data_dir, postgres):
     # Each command ran trials of the one study: their trial numbers do not overlap.
     numbers = [{line.split(":")[0] for line in out.splitlines() if line.startswith("trial ")} for out in outputs]
     assert numbers[0] and numbers[1] and not numbers[0] & numbers[1]
+
+
+def test_without_optuna_says_what_to_install(tmp_path):
+    # An interpreter where `import optuna` fails, as where the [tune] extra is not installed.
+    code = "import sys; sys.modules['optuna'] = None; from fastnn_cli.main import cli; cli()"
+    args = [sys.executable, "-c", code, "tune", "--space", str(_space(tmp_path)), "--trials", "1", "--out", "o"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == 'Error: fastnn tune needs Optuna: pip install "fastnn[tune]"'
