@@ -401,9 +401,6 @@ def _print_trial(trial: Any) -> None:
     )
 
 
-BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-
-
 def run_workers(settings: StudySettings, workers: int, on_trial: Any = None) -> list[int]:
     """Run the study in ``workers`` processes (one in this process when 1); the BLAS threads are
     divided between them through the environment each inherits before it loads NumPy. Returns the
@@ -413,22 +410,15 @@ def run_workers(settings: StudySettings, workers: int, on_trial: Any = None) -> 
         return [0]
     import multiprocessing
 
+    from fastnn.experiments import divided_blas_threads
+
     context = multiprocessing.get_context("spawn")  # a fresh interpreter reads the thread counts afresh
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    saved = {name: os.environ.get(name) for name in BLAS_THREADS}
     processes = []
-    try:
-        os.environ.update({name: threads for name in BLAS_THREADS})
+    with divided_blas_threads(workers):
         for worker in range(workers):
             process = context.Process(target=_worker_main, args=(settings, worker))
             process.start()
             processes.append(process)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     try:
         for process in processes:
             process.join()
