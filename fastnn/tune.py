@@ -266,7 +266,7 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
         import sqlalchemy
     except ImportError as exc:
         raise TuneError(INSTALL_HINT) from exc
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is printed, a failure's error too
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat, stable since v2.9
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -349,6 +349,7 @@ def load_trial_split(space: Space, data_dir: str | None) -> Any:
 
 def run_worker(settings: StudySettings, worker: int = 0, on_trial: Any = None) -> None:
     """Run trials of the study until it has ``settings.trials`` finished ones (or the timeout)."""
+    import numpy as np
     import optuna
 
     from fastnn.backend import get_backend
@@ -369,13 +370,23 @@ def run_worker(settings: StudySettings, worker: int = 0, on_trial: Any = None) -
                 raise optuna.TrialPruned(f"pruned after epoch {record.epoch}")
 
         trainer = Trainer(config, backend, on_epoch=report)
-        trainer.fit(split.x_train, split.y_train, split.x_val, split.y_val, n_classes=len(split.class_names))
+        try:  # a too-large learning rate overflows before the loss turns non-finite: the error says it
+            with np.errstate(over="ignore", invalid="ignore"):
+                trainer.fit(split.x_train, split.y_train, split.x_val, split.y_val, n_classes=len(split.class_names))
+        except (ValueError, RuntimeError) as exc:  # the trial fails, the study goes on
+            trial.set_user_attr("error", str(exc))
+            raise
         return max(r.val_accuracy for r in trainer.history)
+
+    failures = []
 
     def enough(study: Any, trial: Any) -> None:
         if on_trial:
             on_trial(trial)
-        if finished_trials(study) >= settings.trials:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            failures.append(trial.number)
+        # Failed trials are run again, but not forever: a space where every trial fails ends too.
+        if finished_trials(study) >= settings.trials or len(failures) >= settings.trials:
             study.stop()
 
     if finished_trials(study) < settings.trials:
@@ -395,7 +406,7 @@ def _worker_main(settings: StudySettings, worker: int) -> None:
 
 def _print_trial(trial: Any) -> None:
     epochs = max(trial.intermediate_values) if trial.intermediate_values else 0
-    value = f"val accuracy {trial.value:.2%}" if trial.value is not None else ""
+    value = f"val accuracy {trial.value:.2%}" if trial.value is not None else trial.user_attrs.get("error", "")
     print(
         f"trial {trial.number}: {trial.state.name.lower()} after {epochs} epoch(s) {value} {trial.params}", flush=True
     )

@@ -257,3 +257,15 @@ def test_without_optuna_says_what_to_install(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == 'Error: fastnn tune needs Optuna: pip install "fastnn[tune]"'
+
+
+@real_data
+def test_study_where_every_trial_diverges_ends_with_one_line(tmp_path, data_dir):
+    text = SMALL.replace("lr = { float = [1e-5, 1e-1], log = true }", "lr = { float = [1e8, 1e9] }")
+    space = _space(tmp_path, "optimizer = \"sgd\"\n" + text)  # Adam's steps are bounded; SGD's overflow
+    process = _tune(tmp_path / "study", space, data_dir, "--trials", "2")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    assert "Error: no trial completed" in output and "Traceback" not in output
+    assert output.count("the training loss became") == 2  # each failure says why; the study gives up after 2
+    assert _states(f"sqlite:///{tmp_path / 'study' / 'study.db'}") == ["FAIL", "FAIL"]
