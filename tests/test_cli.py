@@ -427,7 +427,11 @@ def test_a_run_failing_before_its_first_epoch_leaves_no_folder(tmp_path):
     assert not out.exists()
 
 
-def test_adam_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tmp_path):
+@pytest.mark.parametrize(
+    "optimizer, message",
+    [("adam", "times the untrained loss"), ("sgd", "the training loss became nan")],  # finite, and overflowed
+)
+def test_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tmp_path, optimizer, message):
     import warnings
 
     out = tmp_path / "run"
@@ -436,9 +440,10 @@ def test_adam_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_dat
         result = CliRunner().invoke(
             cli,
             ["train", "--device", "cpu", "--data-dir", str(learnable_data), "--out", str(out), "--epochs", "3",
-             "--subset", "2000", "--hidden", "64", "--lr", "1e6"],
+             "--subset", "2000", "--hidden", "64", "--lr", "1e6", "--optimizer", optimizer],
         )
     assert result.exit_code == 1, result.output
     assert [str(w.message) for w in caught] == []
     last = result.output.splitlines()[-1]
-    assert "times the untrained loss" in last and "try a smaller learning rate (e.g. --lr 1e+05)" in last
+    assert message in last and "try a smaller learning rate (e.g. --lr 1e+05)" in last
+    assert not out.exists()  # no epoch finished
