@@ -340,6 +340,11 @@ def resumed_config(folder: Path, ctx: click.Context) -> TrainConfig:
         raise click.BadParameter(f"cannot resume from {path}: {exc}", param_hint="'--resume'") from exc
     if meta.get("results"):
         raise click.BadParameter(f"{folder} holds a finished run; there is nothing to resume", param_hint="'--resume'")
+    if "progress" not in meta:
+        raise click.BadParameter(
+            f"{path} was written by an older fastnn, without the training state; train again",
+            param_hint="'--resume'",
+        )
     if ctx.get_parameter_source("device") == click.core.ParameterSource.COMMANDLINE:
         config.device = ctx.params["device"]
     return config
@@ -416,6 +421,8 @@ def _train(config: TrainConfig, backend, out: Path, data_dir: str | None, finish
     """Load the data and run the training, turning its failures into one-line errors."""
     import numpy as np
 
+    from fastnn.checkpoint import CheckpointError
+
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
     layers = "-".join(map(str, (3072, *config.hidden, 10)))
     console.print(
@@ -452,7 +459,7 @@ def _train(config: TrainConfig, backend, out: Path, data_dir: str | None, finish
                 else "no epoch finished, so nothing was saved"
             )
             raise click.ClickException(f"{exc}; {saved}") from exc
-        except ValueError as exc:  # settings that do not fit the data, e.g. augmentation of non-images
+        except (ValueError, CheckpointError) as exc:  # settings that do not fit the data; a damaged state
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:  # the disk filled up under a checkpoint, which is written whole or not at all
             kept = f"the checkpoint of epoch {finished[-1]} is kept" if finished else "nothing was saved"

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 LOCK_NAME = ".fastnn.lock"
@@ -22,7 +23,20 @@ class FolderBusy(RuntimeError):
     """Another live run holds the folder; the message names it."""
 
 
-def _alive(pid: int) -> bool:
+FRESH_SECONDS = 5.0
+"""An unreadable lock file younger than this may be one whose holder has not written its line yet."""
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return FRESH_SECONDS  # gone already: nothing to wait for
+
+
+def _alive(pid: int | str) -> bool:
+    if not isinstance(pid, int):
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -58,6 +72,8 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _holder(self.path)
+                if holder is None and _age(self.path) < FRESH_SECONDS:  # its writer may be filling it in
+                    holder = {"pid": "?", "host": "?"}
                 if holder is not None and (holder["host"] != me["host"] or _alive(holder["pid"])):
                     raise FolderBusy(
                         f"{self.folder} is in use by another run (pid {holder['pid']} on {holder['host']}); "

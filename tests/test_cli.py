@@ -447,3 +447,20 @@ def test_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tm
     last = result.output.splitlines()[-1]
     assert message in last and "try a smaller learning rate (e.g. --lr 1e+05)" in last
     assert not out.exists()  # no epoch finished
+
+
+def test_resume_names_a_checkpoint_without_training_state(tmp_path, monkeypatch):
+    from fastnn.checkpoint import save
+    from fastnn.network import Network
+    from fastnn.train import TrainConfig
+
+    config = TrainConfig(hidden=(8,), epochs=3)
+    save(tmp_path / "model.npz", Network([20, 8, 3], backend="cpu"), {"config": config.to_dict(), "history": []})
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--resume", str(tmp_path))
+    assert code == 2 and "was written by an older fastnn, without the training state; train again" in last
+
+
+def test_a_lock_being_written_is_not_taken_for_stale(tmp_path, monkeypatch):
+    (tmp_path / ".fastnn.lock").write_text("")  # created an instant ago, its line not yet written
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--out", str(tmp_path))
+    assert code == 1 and "is in use by another run" in last
