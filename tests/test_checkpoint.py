@@ -108,3 +108,16 @@ def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_atomic_set({tmp_path / "a.md": b"new a", tmp_path / "b.png": b"new b"})
     assert (tmp_path / "a.md").read_bytes() == b"new a" and (tmp_path / "b.png").read_bytes() == b"new b"
+
+
+def test_training_state_is_saved_beside_the_parameters(backend, tmp_path):
+    from fastnn.checkpoint import load_state
+
+    net = Network([6, 5, 3], "relu", backend=backend, seed=4)
+    moments = {"m.0.W": backend.asarray(np.arange(30, dtype=np.float32).reshape(6, 5))}
+    save(tmp_path / "m.npz", net, {"config": {"dtype": "float32"}}, moments)
+    loaded, _ = load(tmp_path / "m.npz", backend)
+    assert sorted(name for name, _ in loaded.parameters()) == sorted(name for name, _ in net.parameters())
+    state = load_state(tmp_path / "m.npz")
+    assert list(state) == ["m.0.W"] and state["m.0.W"].dtype == np.float32
+    np.testing.assert_array_equal(state["m.0.W"], np.arange(30).reshape(6, 5))
