@@ -336,7 +336,6 @@ class Trainer:
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         n = x.shape[0]
         if resume is None:
-            check_data(net, x, y, cfg.batch_size)
             sample = min(n, 2000)  # the untrained loss, in evaluation mode: no random numbers drawn
             loss_limit = DIVERGENCE_FACTOR * float(net.loss(x[:sample, ...], y[:sample]))
             first_epoch = 0
