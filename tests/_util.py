@@ -113,4 +113,4 @@ def readme_tolerance() -> float:
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    return float(re.search(r"within ±([\d.]+) points", readme).group(1))
+    return float(re.search(r"within\s+±([\d.]+)\s+points", readme).group(1))
