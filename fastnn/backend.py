@@ -73,6 +73,17 @@ class DeviceRNG:
             return self._gen.permutation(n)
         return self.backend.asarray(self._gen.permutation(n), "int64")
 
+    def get_state(self) -> dict | None:
+        """The generator's state as JSON-able data (to resume a run); None on CuPy, whose
+        RandomState keeps its state in cuRAND, out of reach."""
+        if self.backend.name == "cupy":
+            return None
+        return self._gen.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a state :meth:`get_state` returned."""
+        self._gen.bit_generator.state = state
+
 
 @dataclass(frozen=True)
 class Backend:

@@ -26,6 +26,11 @@ def check_lr(lr: Any) -> float:
     return float(lr)
 
 
+def _copy(array: Array) -> Array:
+    """A copy of ``array`` that the optimizer may update in place."""
+    return namespace(array).asarray(array, copy=True)
+
+
 class SGD:
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
@@ -75,6 +80,12 @@ class SGD:
 
     def state_dict(self) -> dict[str, Array]:
         return {f"velocity.{k}": v for k, v in self.velocity.items()}
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Continue from :meth:`state_dict`'s arrays (already on the parameters' device, copied here)."""
+        self.velocity = {
+            k.removeprefix("velocity."): _copy(v) for k, v in state.items() if k.startswith("velocity.")
+        }
 
     def __repr__(self) -> str:
         return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
@@ -133,6 +144,14 @@ class Adam:
         state = {f"m.{k}": a for k, a in self.m.items()}
         state.update({f"v.{k}": a for k, a in self.v.items()})
         return state
+
+    def load_state_dict(self, state: dict[str, Array], t: int) -> None:
+        """Continue from :meth:`state_dict`'s arrays (already on the parameters' device, copied
+        here) after ``t`` steps, the count the bias corrections use."""
+        self.t = t
+        self.m = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("v.")}
+        self._fused_steps = {k: fused_adam_step(namespace(a)) if self.fused else None for k, a in self.m.items()}
 
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
