@@ -63,12 +63,15 @@ def writable_file(text: str) -> Path:
 
 @contextlib.contextmanager
 def cpu_threads(threads: int, warn: Callable[[str], None] = print) -> Iterator[None]:
-    """Run the block with NumPy's BLAS (and any OpenMP pool) and PyTorch limited to ``threads``; both
+    """Run the block with NumPy's BLAS (and any OpenMP pool), fastnn's optimizer updates
+    (``fastnn.kernels_cpu``) and PyTorch limited to ``threads``; the
     limits are undone at the end, so that a benchmark run in-process (the tests) leaves the thread
     counts, and with them the rounding of BLAS sums, as they were."""
     from bench.torch_peer import torch
+    from fastnn import kernels_cpu
 
     with contextlib.ExitStack() as undo:
+        undo.callback(kernels_cpu.set_threads, kernels_cpu.set_threads(threads))  # fastnn's optimizer updates
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:

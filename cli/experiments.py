@@ -202,9 +202,18 @@ class ConsoleReporter(Reporter):
     show_default=True,
     help="AdamW's weight decay in the adamw study when the base has none.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once, each in its own process with its share of the BLAS threads.",
+)
 @tensorboard_option
 @click.pass_context
-def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, tensorboard_dir: str | None, **options) -> None:
+def experiments(
+    ctx: click.Context, out_dir: str, data_dir: str | None, workers: int, tensorboard_dir: str | None, **options
+) -> None:
     """Run the assignment's studies from one base config (the options, or their defaults): the base
     run; Adam vs SGD, each at the learning rate a validation sweep chose; with vs without L2; with vs
     without the learning-rate schedule; and the --study ones asked for. Writes report.md, curves.png,
@@ -237,7 +246,7 @@ def experiments(ctx: click.Context, out_dir: str, data_dir: str | None, tensorbo
     )
     try:
         reporter = ConsoleReporter() if board_dir is None else TensorBoardReporter(ConsoleReporter(), board_dir)
-        result = run_experiments(base, settings, split, backend, out_dir, reporter)
+        result = run_experiments(base, settings, split, backend, out_dir, reporter, workers=workers)
         paths = write_report(result, out_dir)
     except (ExperimentError, ReportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -9,6 +9,7 @@ from fastnn_cli.experiments import experiments
 from fastnn_cli.info import info
 from fastnn_cli.inspect import inspect_command
 from fastnn_cli.train import train
+from fastnn_cli.tune import tune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +24,4 @@ cli.add_command(evaluate_command, name="evaluate")
 cli.add_command(backprop)
 cli.add_command(experiments)
 cli.add_command(inspect_command, name="inspect")
+cli.add_command(tune)

@@ -73,6 +73,17 @@ class DeviceRNG:
             return self._gen.permutation(n)
         return self.backend.asarray(self._gen.permutation(n), "int64")
 
+    def get_state(self) -> dict | None:
+        """The generator's state as JSON-able data (to resume a run); None on CuPy, whose
+        RandomState keeps its state in cuRAND, out of reach."""
+        if self.backend.name == "cupy":
+            return None
+        return self._gen.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a state :meth:`get_state` returned."""
+        self._gen.bit_generator.state = state
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -300,44 +311,27 @@ def fused_adam_step(xp: Any) -> AdamStep | None:
     return None
 
 
-ADAM_BLOCK = 1 << 16
-"""Elements the NumPy Adam updates at a time (whole rows, at least one): small enough that the
-block's slices of param, grad, m, v and the scratch stay in the CPU cache across the twelve
-operations, large enough that the Python overhead of an operation (about a microsecond) is small
-beside its work. (Sharing the blocks among threads gained nothing on two cores: the step is bound
-by memory, and BLAS's idle threads hold the other core.)"""
-
-
 def _numpy_adam_step() -> AdamStep:
-    scratch: dict[tuple, np.ndarray] = {}  # one block-sized buffer per dtype and block size
+    from fastnn import kernels_cpu  # blocks in cache, shared among the cores
 
-    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
-        if param.ndim == 0:  # a view with one axis, so that the blocks below can slice it
-            param, grad, m, v = param[None], grad[None], m[None], v[None]
-        n_rows = param.shape[0]
-        row_size = param.size // max(1, n_rows)
-        rows = max(1, ADAM_BLOCK // max(1, row_size))
-        key = (param.dtype, min(rows, n_rows) * row_size)
-        if key not in scratch:
-            scratch[key] = np.empty(key[1], dtype=param.dtype)
-        for start in range(0, n_rows, rows):
-            block = slice(start, start + rows)
-            p, g, mb, vb = param[block], grad[block], m[block], v[block]
-            t = scratch[key][: p.size].reshape(p.shape)
-            np.multiply(mb, beta1, out=mb)  # m <- beta1 m + (1 - beta1) g
-            np.multiply(g, 1.0 - beta1, out=t)
-            np.add(mb, t, out=mb)
-            np.multiply(vb, beta2, out=vb)  # v <- beta2 v + (1 - beta2) g^2
-            np.multiply(g, g, out=t)
-            np.multiply(t, 1.0 - beta2, out=t)
-            np.add(vb, t, out=vb)
-            np.sqrt(vb, out=t)  # p <- p - step_size m / (sqrt(v) + eps_hat)
-            np.add(t, eps_hat, out=t)
-            np.divide(mb, t, out=t)
-            np.multiply(t, step_size, out=t)
-            np.subtract(p, t, out=p)
+    return kernels_cpu.adam_step()
 
-    return step
+
+SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
+
+
+def fused_sgd_step(xp: Any) -> SGDStep | None:
+    """An in-place SGD update for arrays of namespace ``xp``, or None where there is none.
+
+    The callable is ``step(param, grad, velocity, lr, momentum, nesterov)`` and does the update of
+    :class:`fastnn.optimizers.SGD` in place (``velocity`` None without momentum). Each call returns
+    a new callable with its own scratch space: use one per parameter.
+    """
+    if is_numpy_namespace(xp):
+        from fastnn import kernels_cpu
+
+        return kernels_cpu.sgd_step()
+    return None
 
 
 _cupy_adam_kernel = None

@@ -94,10 +94,15 @@ def _stage(path: Path, data: bytes) -> str:
     return tmp
 
 
-def save(path: str | os.PathLike, network: Network, meta: dict[str, Any]) -> None:
-    """Save ``network``'s parameters (brought to the host) and ``meta`` (JSON-able) to ``path``."""
+def save(
+    path: str | os.PathLike, network: Network, meta: dict[str, Any], state: dict[str, Any] | None = None
+) -> None:
+    """Save ``network``'s parameters (brought to the host) and ``meta`` (JSON-able) to ``path``;
+    ``state`` (name -> device array, e.g. the optimizer's moments) goes beside them as ``state/<name>``
+    for a run to resume from (:func:`load_state`)."""
     arrays = {f"param/{name}": network.backend.to_numpy(value) for name, value in network.parameters()}
     arrays.update({f"buffer/{name}": network.backend.to_numpy(value) for name, value in network.buffers()})
+    arrays.update({f"state/{name}": network.backend.to_numpy(value) for name, value in (state or {}).items()})
     meta = {"format": FORMAT, "architecture": network.architecture(), **meta}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
@@ -203,6 +208,18 @@ def _network(arch: dict[str, Any], params: dict[str, np.ndarray], backend: Any, 
         l2=arch["l2"],
         dtype=dtype,
     )
+
+
+def load_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The ``state/<name>`` arrays :func:`save` wrote to ``path`` (host arrays), by name; the
+    checkpoint itself was checked by :func:`load` first."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key.removeprefix("state/"): archive[key] for key in archive.files if key.startswith("state/")}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path}: the training state cannot be read ({type(exc).__name__}); train again without --resume"
+        ) from exc
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -27,12 +27,14 @@ optimizer's learning rate so that the comparison of optimizers is fair.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import statistics
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -634,6 +636,7 @@ def _train_all(
     out_dir: Path,
     done: dict[str, RunRecord],
     reporter: Reporter,
+    workers: int = 1,
 ) -> None:
     """Train the runs of ``run_ids`` not yet in ``result.records``; runs saved earlier are skipped."""
     wanted = list(dict.fromkeys(run_ids))
@@ -644,12 +647,72 @@ def _train_all(
     for run in saved:
         result.records[run.run_id] = done[config_key(run.config)]
         reporter.skipped(run, result.records[run.run_id])
+    if workers > 1 and len(to_train) > 1:
+        _train_in_processes(result, to_train, split, out_dir, reporter, workers)
+        return
     for number, run in enumerate(to_train, 1):
         reporter.started(run, number, len(to_train))
         with reporter.training(run) as display:
             record = train_run(run, split, backend, out_dir, display)
         result.records[run.run_id] = record
         reporter.finished(run, record, number, len(to_train))
+
+
+BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def divided_blas_threads(workers: int) -> Iterator[None]:
+    """While processes are started, the environment gives each its share of the CPU's BLAS threads:
+    a spawned interpreter reads these before it loads NumPy, so K processes do not fight over cores."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    saved = {name: os.environ.get(name) for name in BLAS_THREADS}
+    os.environ.update({name: threads for name in BLAS_THREADS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _start_worker(split: Any, device: str) -> None:
+    from fastnn.backend import get_backend
+
+    _worker_state.update(split=split, backend=get_backend(device))
+
+
+def _train_in_worker(run: Run, out_dir: Path) -> RunRecord:
+    return train_run(run, _worker_state["split"], _worker_state["backend"], out_dir, _Silent())
+
+
+def _train_in_processes(
+    result: ExperimentResult, to_train: list[Run], split: Any, out_dir: Path, reporter: Reporter, workers: int
+) -> None:
+    """Train ``to_train`` in ``workers`` processes. Each run depends only on its config (seeds
+    included), so the records are those of a sequential run; they are kept in the plan's order."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    records = {}
+    with divided_blas_threads(workers):
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(split, to_train[0].config.device)
+        )
+        futures = {pool.submit(_train_in_worker, run, out_dir): run for run in to_train}
+    with pool:
+        for number, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            run = futures[future]
+            records[run.run_id] = future.result()
+            reporter.finished(run, records[run.run_id], number, len(to_train))
+    for run in to_train:
+        result.records[run.run_id] = records[run.run_id]
 
 
 def run_experiments(
@@ -659,6 +722,7 @@ def run_experiments(
     backend: Any,
     out_dir: str | Path,
     reporter: Reporter | None = None,
+    workers: int = 1,
 ) -> ExperimentResult:
     """Run the sweep, then the studies, on ``split`` (prepared once, with ``base``'s validation,
     split seed and subset, and shared by every run); resume from runs saved in ``out_dir``.
@@ -684,9 +748,9 @@ def run_experiments(
 
     sweep = add_sweep(result.plan, settings)
     _train_all(result, (rid for arm in sweep.arms for rid in arm.run_ids), "learning-rate sweep",
-               split, backend, out, done, reporter)
+               split, backend, out, done, reporter, workers)
     result.chosen_lr = choose_lr(result)
     studies = add_studies(result.plan, settings, result.chosen_lr)
     _train_all(result, (rid for s in studies for arm in s.arms for rid in arm.run_ids), "studies",
-               split, backend, out, done, reporter)
+               split, backend, out, done, reporter, workers)
     return result

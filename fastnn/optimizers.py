@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from fastnn.backend import fused_adam_step, namespace
+from fastnn.backend import fused_adam_step, fused_sgd_step, namespace
 
 Array = Any
 Entries = Iterable[tuple[str, Array, Array]]
@@ -26,25 +26,44 @@ def check_lr(lr: Any) -> float:
     return float(lr)
 
 
+def _copy(array: Array) -> Array:
+    """A copy of ``array`` that the optimizer may update in place."""
+    return namespace(array).asarray(array, copy=True)
+
+
 class SGD:
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
     Without momentum: ``p <- p - lr * g``. With momentum ``mu`` (the form PyTorch uses, so the
     buffer does not depend on the learning rate and schedules act immediately):
     ``v <- mu * v + g``, then ``p <- p - lr * v``, or with Nesterov ``p <- p - lr * (g + mu * v)``.
+
+    With ``fused`` (the default) NumPy runs the same update in place, on all cores
+    (:func:`fastnn.backend.fused_sgd_step`); other namespaces, and ``fused=False``, run it as
+    written in :meth:`step`.
     """
 
-    def __init__(self, momentum: float = 0.0, nesterov: bool = False):
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False, fused: bool = True):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
         self.velocity: dict[str, Array] = {}
+        self.fused = fused
+        self._fused_steps: dict[str, Any] = {}
 
     def step(self, entries: Entries, lr: float) -> None:
         lr = check_lr(lr)
         for name, param, grad in entries:
+            if name not in self._fused_steps:
+                self._fused_steps[name] = fused_sgd_step(namespace(param)) if self.fused else None
+            fused = self._fused_steps[name]
+            if fused is not None:
+                if self.momentum and name not in self.velocity:  # zero, so that the first step's v is g
+                    self.velocity[name] = namespace(param).zeros_like(param)
+                fused(param, grad, self.velocity.get(name), lr, self.momentum, self.nesterov)
+                continue
             if self.momentum == 0.0:
                 param -= lr * grad
                 continue
@@ -61,6 +80,12 @@ class SGD:
 
     def state_dict(self) -> dict[str, Array]:
         return {f"velocity.{k}": v for k, v in self.velocity.items()}
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Continue from :meth:`state_dict`'s arrays (already on the parameters' device, copied here)."""
+        self.velocity = {
+            k.removeprefix("velocity."): _copy(v) for k, v in state.items() if k.startswith("velocity.")
+        }
 
     def __repr__(self) -> str:
         return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
@@ -119,6 +144,14 @@ class Adam:
         state = {f"m.{k}": a for k, a in self.m.items()}
         state.update({f"v.{k}": a for k, a in self.v.items()})
         return state
+
+    def load_state_dict(self, state: dict[str, Array], t: int) -> None:
+        """Continue from :meth:`state_dict`'s arrays (already on the parameters' device, copied
+        here) after ``t`` steps, the count the bias corrections use."""
+        self.t = t
+        self.m = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("v.")}
+        self._fused_steps = {k: fused_adam_step(namespace(a)) if self.fused else None for k, a in self.m.items()}
 
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"

@@ -323,7 +323,36 @@ def evaluate(
 
 
 class NonFiniteLoss(RuntimeError):
-    """Training diverged; the message suggests what to change."""
+    """Training diverged (the loss is not finite, or over the divergence limit); the message
+    suggests what to change."""
+
+
+DIVERGENCE_FACTOR = 10.0
+"""An epoch's mean training loss above this many times the untrained network's loss means the run
+has diverged. The untrained loss is about ln(classes) (2.3 for CIFAR-10, a uniform guess), plus the
+L2 penalty of the initial weights; ten times it means the true class gets a (geometric) mean
+probability below classes**-10, far worse than guessing, which only steps that blew the weights up
+produce. Adam's bounded steps keep such a loss finite, so a NaN check alone misses it."""
+
+
+@dataclass
+class Progress:
+    """How far a run got, with what the next epoch needs to continue it exactly: the optimizer's
+    state (moments or momentum buffers, on the device, and its step count), the states of the
+    shuffling/augmentation and the dropout generators, and the divergence limit."""
+
+    epochs_done: int
+    optimizer_state: dict[str, Array]
+    optimizer_steps: int
+    shuffle_rng: dict | None
+    network_rng: dict | None
+    loss_limit: float
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the arrays, JSON-able (the checkpoint's ``progress``)."""
+        out = dataclasses.asdict(self)
+        del out["optimizer_state"]
+        return out
 
 
 @dataclass
@@ -354,13 +383,27 @@ class Trainer:
     on_batch: Callable[[int, int], None] | None = None
     on_epoch_start: Callable[[int, float], None] | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    progress: Progress | None = None
 
-    def fit(self, x_train, y_train, x_val, y_val, network: Network | None = None, n_classes: int = 10) -> Network:
+    def fit(
+        self,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        network: Network | None = None,
+        n_classes: int = 10,
+        resume: Progress | None = None,
+    ) -> Network:
         """Train on host arrays (float32 (n, features), int64 (n,)); returns the trained network.
 
-        Raises :class:`NonFiniteLoss` when an epoch's training loss is NaN or infinite. The network's
-        weights are then those of the failed epoch; ``on_epoch`` is where the good ones are saved
-        (``run_training`` checkpoints there).
+        With ``resume`` (the ``progress`` of an earlier run of the same config, and its ``network``
+        and ``history``) training continues after its last epoch and ends as that run would have.
+        ``self.progress`` is brought up to date after every epoch, before ``on_epoch``.
+
+        Raises :class:`NonFiniteLoss` when an epoch's training loss is NaN, infinite or over
+        :data:`DIVERGENCE_FACTOR` times the untrained loss. The network's weights are then those of
+        the failed epoch; ``on_epoch`` is where the good ones are saved (``run_training`` checkpoints there).
         """
         cfg, b = self.config, self.backend
         cfg.validate()
@@ -373,7 +416,22 @@ class Trainer:
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         mixup = cfg.make_mixup()
         n = x.shape[0]
-        for epoch in range(cfg.epochs):
+        if resume is None:
+            sample = min(n, 2000)  # the untrained loss, in evaluation mode: no random numbers drawn
+            loss_limit = DIVERGENCE_FACTOR * float(net.loss(x[:sample, ...], y[:sample]))
+            first_epoch = 0
+        else:
+            if cfg.optimizer == "adam":
+                optimizer.load_state_dict(resume.optimizer_state, resume.optimizer_steps)
+            else:
+                optimizer.load_state_dict(resume.optimizer_state)
+            if resume.shuffle_rng is not None:
+                rng.set_state(resume.shuffle_rng)
+            if resume.network_rng is not None:
+                net.rng.set_state(resume.network_rng)
+            loss_limit, first_epoch = resume.loss_limit, resume.epochs_done
+            self.progress = resume
+        for epoch in range(first_epoch, cfg.epochs):
             lr = schedule(epoch)
             if self.on_epoch_start:
                 self.on_epoch_start(epoch, lr)
@@ -396,14 +454,24 @@ class Trainer:
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n
             b.synchronize()
             seconds = time.perf_counter() - started
-            if not math.isfinite(train_loss):
+            if not math.isfinite(train_loss) or train_loss > loss_limit:
+                limit = f" (over {loss_limit:.3g}, {DIVERGENCE_FACTOR:g} times the untrained loss)"
                 raise NonFiniteLoss(
-                    f"the training loss became {train_loss} in epoch {epoch + 1} with learning rate {lr:.3g}; "
+                    f"the training loss became {train_loss:.3g}{limit if math.isfinite(train_loss) else ''} "
+                    f"in epoch {epoch + 1} with learning rate {lr:.3g}; "
                     f"try a smaller learning rate (e.g. --lr {cfg.lr / 10:.3g})"
                 )
             val_loss, val_acc = evaluate(net, xv, yv)
             record = EpochRecord(epoch + 1, lr, train_loss, train_acc, val_loss, val_acc, seconds)
             self.history.append(record)
+            self.progress = Progress(
+                epoch + 1,
+                optimizer.state_dict(),
+                getattr(optimizer, "t", 0),
+                rng.get_state(),
+                net.rng.get_state(),
+                loss_limit,
+            )
             if self.on_epoch:
                 self.on_epoch(record, net)
         return net
@@ -442,12 +510,15 @@ def run_training(
     on_epoch: Callable[[EpochRecord, Network], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     on_epoch_start: Callable[[int, float], None] | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train ``config`` on a prepared split (``fastnn.data.prepare``) and measure the test set once.
 
-    With ``out_dir``, ``model.npz`` (parameters, architecture, config, history, and at the end the
-    test results) and ``metrics.jsonl`` are rewritten atomically after every epoch, so a run that
-    stops early (e.g. on a non-finite loss) leaves the last good epoch's checkpoint.
+    With ``out_dir``, ``model.npz`` (parameters, architecture, config, history, the training
+    :class:`Progress`, and at the end the test results) and ``metrics.jsonl`` are rewritten
+    atomically after every epoch, so a run that stops early (e.g. on a non-finite loss) leaves the
+    last good epoch's checkpoint. With ``resume`` the run in ``out_dir`` (of this ``config``)
+    continues from that checkpoint.
     """
     from pathlib import Path
 
@@ -463,7 +534,13 @@ def run_training(
 
     def save(network: Network, trainer: Trainer, results: dict[str, Any] | None = None) -> None:
         history = [r.to_dict() for r in trainer.history]
-        checkpoint.save(out / "model.npz", network, {**meta, "history": history, "results": results})
+        progress = trainer.progress
+        checkpoint.save(
+            out / "model.npz",
+            network,
+            {**meta, "history": history, "results": results, "progress": progress.meta()},
+            progress.optimizer_state,
+        )
         checkpoint.write_jsonl(out / "metrics.jsonl", history)
 
     def epoch_done(record: EpochRecord, network: Network) -> None:
@@ -473,8 +550,19 @@ def run_training(
             on_epoch(record, network)
 
     trainer = Trainer(config, backend, on_epoch=epoch_done, on_batch=on_batch, on_epoch_start=on_epoch_start)
+    network, progress = None, None
+    if resume:
+        network, trainer.history, progress = load_progress(out / "model.npz", backend)
     started = time.perf_counter()
-    network = trainer.fit(split.x_train, split.y_train, split.x_val, split.y_val, n_classes=len(split.class_names))
+    network = trainer.fit(
+        split.x_train,
+        split.y_train,
+        split.x_val,
+        split.y_val,
+        network=network,
+        n_classes=len(split.class_names),
+        resume=progress,
+    )
     seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(
         network, backend.asarray(split.x_test, config.dtype), backend.asarray(split.y_test, "int64"), tta=config.tta
@@ -483,3 +571,22 @@ def run_training(
     if out is not None:
         save(network, trainer, result.summary())
     return result
+
+
+def load_progress(path: Any, backend: Any) -> tuple[Network, list[EpochRecord], Progress]:
+    """The network, history and :class:`Progress` of the run checkpointed at ``path``, to continue
+    it (``run_training(..., resume=True)``); a CheckpointError names what is missing."""
+    from fastnn import checkpoint
+
+    network, meta = checkpoint.load(path, backend)
+    try:
+        saved = meta["progress"]
+        history = [EpochRecord(**{k: math.nan if v is None else v for k, v in r.items()}) for r in meta["history"]]
+        state = {name: backend.asarray(array) for name, array in checkpoint.load_state(path).items()}
+        progress = Progress(optimizer_state=state, **saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(
+            f"{path}: no training state to resume from ({type(exc).__name__}: {exc}); "
+            "it was written by an older fastnn: train again without --resume"
+        ) from exc
+    return network, history, progress

@@ -103,3 +103,14 @@ def gpu_unavailable() -> str | None:
     except BackendUnavailable as exc:
         return str(exc)
     return None
+
+
+def readme_tolerance() -> float:
+    """How many points a printed accuracy may lie from the README's on another machine: the README
+    states it ("within ±X points"), from the spread measured over BLAS kernels and seeds
+    (bench/results/blas-kernels.md)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return float(re.search(r"within\s+±([\d.]+)\s+points", readme).group(1))

@@ -75,6 +75,30 @@ def test_ablation_runs():
         assert stage in done.stdout
 
 
+def test_profile_times_every_phase_of_both_frameworks(tmp_path, capsys):
+    from bench.profile import main
+    from bench.torch_peer import torch
+    from fastnn import kernels_cpu
+
+    threads = kernels_cpu.threads()
+    out = tmp_path / "profile.txt"
+    assert main(["--steps", "1", "--batch-sizes", "8", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    for phase in ("gather (take)", "optimizer (Adam)", "product 0: x @ W", "bwd 2 Dense(1024, 512", "loss forward"):
+        assert phase in printed
+    assert ("PyTorch, Adam(fused=True), batch 8" in printed) == (torch is not None)
+    assert kernels_cpu.threads() == threads  # the run's thread limit undone
+
+
+def test_layout_bench_times_both_layouts(capsys):
+    from bench.layout import main
+
+    assert main(["--repeats", "1", "--batch-sizes", "8", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("(unset)")]
+    assert len(rows) == 1 and float(rows[0].split()[-1]) > 0
+
+
 def test_tf32_emulation_rounds_to_ten_mantissa_bits():
     from bench.tf32_effect import TF32Dense, to_tf32
 

@@ -182,3 +182,16 @@ def test_a_layer_spec_claiming_huge_sizes_is_refused_before_it_is_built(tmp_path
     _rewrite_meta(tmp_path / "m.npz", lambda meta: meta | {"architecture": {**meta["architecture"], "layers": huge}})
     with pytest.raises(CheckpointError, match="needs 7,000,000,000,000 parameters and buffers, the file holds 23"):
         load(tmp_path / "m.npz", get_backend("cpu"))
+
+
+def test_training_state_is_saved_beside_the_parameters(backend, tmp_path):
+    from fastnn.checkpoint import load_state
+
+    net = Network([6, 5, 3], "relu", backend=backend, seed=4)
+    moments = {"m.0.W": backend.asarray(np.arange(30, dtype=np.float32).reshape(6, 5))}
+    save(tmp_path / "m.npz", net, {"config": {"dtype": "float32"}}, moments)
+    loaded, _ = load(tmp_path / "m.npz", backend)
+    assert sorted(name for name, _ in loaded.parameters()) == sorted(name for name, _ in net.parameters())
+    state = load_state(tmp_path / "m.npz")
+    assert list(state) == ["m.0.W"] and state["m.0.W"].dtype == np.float32
+    np.testing.assert_array_equal(state["m.0.W"], np.arange(30).reshape(6, 5))

@@ -108,14 +108,18 @@ def test_config_values_of_the_wrong_kind_exit_2(tmp_path, toml, message):
 def test_config_file_names_the_output_folder_as_the_option_does(tmp_path, monkeypatch):
     import fastnn_cli.train as train_module
 
+    made = []
+
     def stop(*args):
+        made.append((tmp_path / "from-config").is_dir())  # made (and checked) before the data is loaded
         raise SystemExit(0)
 
     monkeypatch.setattr(train_module, "load_split", stop)
     config = tmp_path / "run.toml"
     config.write_text(f"out = '{tmp_path / 'from-config'}'\n")
     assert run("train", "--config", str(config), "--device", "cpu").exit_code == 0
-    assert (tmp_path / "from-config").is_dir()  # made (and checked) before the data is loaded
+    assert made == [True]
+    assert not (tmp_path / "from-config").exists()  # and removed again, as no epoch was trained
 
 
 @pytest.mark.parametrize(
@@ -184,7 +188,10 @@ def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch):
 
     code, last = run_with_training_replaced(monkeypatch, "train", interrupted, "--out", str(tmp_path))
     assert code == 130
-    assert last == f"Error: interrupted; epoch 1's checkpoint is in {tmp_path / 'model.npz'} (not yet tested)"
+    assert last == (
+        f"Error: interrupted; epoch 1's checkpoint is in {tmp_path / 'model.npz'} (not yet tested); "
+        f"continue with `fastnn train --resume {tmp_path}`"
+    )
 
 
 def test_ctrl_c_during_experiments_says_the_same_command_resumes(tmp_path, monkeypatch):
@@ -302,3 +309,158 @@ def test_train_then_evaluate_as_a_user_would(learnable_data, tmp_path, device, o
     on_cpu = run("evaluate", str(out / "model.npz"), "--device", "cpu", *common)
     assert on_cpu.exit_code == 0, on_cpu.output
     assert np.isclose(printed_test_accuracy(on_cpu.output), accuracy, atol=0.1)  # a few borderline images may flip
+
+
+def _write_run(folder, stop_after=None):
+    """A real checkpoint in ``folder`` of a tiny synthetic run: finished, or interrupted after
+    ``stop_after`` epochs; returns its config."""
+    from _util import synthetic_split
+
+    from fastnn.backend import get_backend
+    from fastnn.train import TrainConfig, run_training
+
+    config = TrainConfig(hidden=(8,), epochs=3, batch_size=64, augment=False, validation=150)
+
+    def stop(record, network):
+        if record.epoch == stop_after:
+            raise KeyboardInterrupt
+
+    try:
+        run_training(config, synthetic_split(n_train=300), get_backend("cpu"), str(folder), on_epoch=stop)
+    except KeyboardInterrupt:
+        pass
+    return config
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("training started")
+
+
+@pytest.mark.parametrize("stop_after, holds", [(None, "a finished run (3 of 3 epochs)"), (1, "an interrupted run")])
+def test_a_folder_holding_a_run_is_not_overwritten_silently(tmp_path, monkeypatch, stop_after, holds):
+    _write_run(tmp_path, stop_after)
+    before = (tmp_path / "model.npz").read_bytes()
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--out", str(tmp_path))
+    assert code == 2
+    assert holds in last and "pass --overwrite to replace it" in last
+    assert ("--resume" in last) == (stop_after is not None)
+    assert (tmp_path / "model.npz").read_bytes() == before
+
+    def stop(*args, **kwargs):
+        raise SystemExit(0)
+
+    code, last = run_with_training_replaced(monkeypatch, "train", stop, "--out", str(tmp_path), "--overwrite")
+    assert code == 0
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    import json
+    import os
+    import socket
+
+    (tmp_path / ".fastnn.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--out", str(tmp_path))
+    assert code == 1
+    assert f"is in use by another run (pid {os.getppid()} on {socket.gethostname()})" in last
+    assert (tmp_path / ".fastnn.lock").exists()  # still the other run's
+
+
+def test_a_lock_left_by_a_dead_process_and_its_part_files_are_cleared(tmp_path, monkeypatch):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".fastnn.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    (tmp_path / ".model.npz.k1ll3d.part").write_bytes(b"half a checkpoint")
+    seen = []
+
+    def look(config, split, backend, out_dir, **kwargs):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise SystemExit(0)
+
+    code, _ = run_with_training_replaced(monkeypatch, "train", look, "--out", str(tmp_path))
+    assert code == 0
+    assert seen == [[".fastnn.lock"]]  # the lock taken over, the dead writer's .part removed
+    assert not (tmp_path / ".fastnn.lock").exists()  # released at the end
+
+
+def test_resume_continues_with_the_saved_settings(tmp_path, monkeypatch):
+    config = _write_run(tmp_path, stop_after=1)
+    calls = []
+
+    def record(config, split, backend, out_dir, resume=False, **kwargs):
+        calls.append((config, out_dir, resume))
+        raise SystemExit(0)
+
+    code, _ = run_with_training_replaced(monkeypatch, "train", record, "--resume", str(tmp_path))
+    assert code == 0
+    assert calls == [(dataclasses_replace(config, device="cpu"), str(tmp_path), True)]
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--resume", str(tmp_path), "--lr", "1")
+    assert code == 2 and "--resume continues with the run's saved settings; drop --lr" in last
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda folder: None, "no checkpoint to resume from"),
+        (lambda folder: _write_run(folder), "holds a finished run; there is nothing to resume"),
+    ],
+)
+def test_resume_refuses_what_cannot_be_resumed(tmp_path, monkeypatch, setup, message):
+    setup(tmp_path)
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--resume", str(tmp_path))
+    assert code == 2 and message in last
+
+
+def test_a_run_failing_before_its_first_epoch_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--device", "cpu", "--data-dir", str(tmp_path / "no-data-here"), "--out", str(out))
+    assert result.exit_code == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "optimizer, message",
+    [("adam", "times the untrained loss"), ("sgd", "the training loss became nan")],  # finite, and overflowed
+)
+def test_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tmp_path, optimizer, message):
+    import warnings
+
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:  # pytest would otherwise hide them
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(
+            cli,
+            ["train", "--device", "cpu", "--data-dir", str(learnable_data), "--out", str(out), "--epochs", "3",
+             "--subset", "2000", "--hidden", "64", "--lr", "1e6", "--optimizer", optimizer],
+        )
+    assert result.exit_code == 1, result.output
+    assert [str(w.message) for w in caught] == []
+    last = result.output.splitlines()[-1]
+    assert message in last and "try a smaller learning rate (e.g. --lr 1e+05)" in last
+    assert not out.exists()  # no epoch finished
+
+
+def test_resume_names_a_checkpoint_without_training_state(tmp_path, monkeypatch):
+    from fastnn.checkpoint import save
+    from fastnn.network import Network
+    from fastnn.train import TrainConfig
+
+    config = TrainConfig(hidden=(8,), epochs=3)
+    save(tmp_path / "model.npz", Network([20, 8, 3], backend="cpu"), {"config": config.to_dict(), "history": []})
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--resume", str(tmp_path))
+    assert code == 2 and "was written by an older fastnn, without the training state; train again" in last
+
+
+def test_a_lock_being_written_is_not_taken_for_stale(tmp_path, monkeypatch):
+    (tmp_path / ".fastnn.lock").write_text("")  # created an instant ago, its line not yet written
+    code, last = run_with_training_replaced(monkeypatch, "train", _never_called, "--out", str(tmp_path))
+    assert code == 1 and "is in use by another run" in last

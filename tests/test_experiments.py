@@ -358,3 +358,24 @@ def test_a_result_json_of_the_wrong_kinds_counts_as_unfinished(fake, tmp_path, c
     resumed = run_experiments(BASE, settings, _split(), get_backend("cpu"), tmp_path)
     assert len(again.calls) == 1
     assert json.loads(path.read_text())["summary"] == resumed.records[saved["run_id"]].summary
+
+
+def test_workers_give_the_records_of_a_sequential_run(tmp_path):
+    """--workers 2 trains real tiny networks in two processes: every record equals the sequential
+    run's but for the seconds it took, and the results are in the same order; a second call resumes."""
+    settings = ExperimentSettings(adam_lrs=(1e-3, 1e-2), sgd_lrs=(0.1,), sweep_epochs=2)
+    split, backend = _split(), get_backend("cpu")
+
+    def records(out, workers):
+        result = run_experiments(BASE, settings, split, backend, out, workers=workers)
+        rows = [r.to_dict() for r in result.records.values()]
+        for row in rows:
+            row["summary"] = {k: v for k, v in (row["summary"] or {}).items() if k != "seconds"}
+            row["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in row["history"]]
+        return rows
+
+    sequential = records(tmp_path / "one", 1)
+    assert records(tmp_path / "two", 2) == sequential
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("runs/*/result.json")}
+    assert records(tmp_path / "two", 2) == sequential  # resumed: nothing trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("runs/*/result.json")} == before

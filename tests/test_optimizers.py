@@ -90,13 +90,16 @@ def test_fused_adam_matches_the_formula(backend, dtype, rtol):
         np.testing.assert_allclose(fused[name], plain[name], rtol=rtol, atol=rtol * 1e-2)
 
 
-def test_numpy_adam_blocks_cover_every_element(monkeypatch):
-    """Blocks smaller than a row, ragged last blocks, a 0-d and a strided parameter: every element
-    updated once, as the formula says."""
-    import fastnn.backend as backend_module
+@pytest.mark.parametrize("threads", [1, 3])
+def test_numpy_adam_blocks_cover_every_element(monkeypatch, threads):
+    """Blocks smaller than a row, ragged last blocks, a 0-d and a strided parameter, shared among
+    threads: every element updated once, as the formula says."""
+    from fastnn import kernels_cpu
     from fastnn.backend import get_backend
 
-    monkeypatch.setattr(backend_module, "ADAM_BLOCK", 50)
+    monkeypatch.setattr(kernels_cpu, "BLOCK", 50)
+    monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
+    kernels_cpu.set_threads(threads)
     _check_numpy_adam_blocks(get_backend("numpy"))
 
 
@@ -208,3 +211,58 @@ def test_every_optimizer_is_registered_by_name():
         param = np.ones((2, 2))
         make().step([("p", param, np.ones((2, 2)))], 0.1)
         assert np.all(param < 1.0)
+
+
+def _sgd_trajectory(backend, fused, shapes, momentum, nesterov, steps=4, seed=0, dtype="float32"):
+    """Params after ``steps`` SGD steps from the same random start and gradients, on ``backend``."""
+    rng = np.random.default_rng(seed)
+    params = {f"p{i}": backend.asarray(rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
+    optimizer = SGD(momentum=momentum, nesterov=nesterov, fused=fused)
+    for t in range(steps):
+        grads = {name: backend.asarray(rng.normal(scale=10.0**-t, size=p.shape), dtype) for name, p in params.items()}
+        optimizer.step([(name, p, grads[name]) for name, p in params.items()], lr=0.05 * (t + 1))
+    return {name: backend.to_numpy(p) for name, p in params.items()}, optimizer
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-6), ("float64", 1e-13)])
+def test_fused_sgd_matches_the_formula(backend, monkeypatch, momentum, nesterov, dtype, rtol):
+    """The backend's in-place SGD (NumPy blocks shared among threads) against the formula in SGD.step."""
+    from fastnn import kernels_cpu
+
+    monkeypatch.setattr(kernels_cpu, "BLOCK", 64)  # several blocks and threads even on small arrays
+    shapes = [(300, 70), (70,), (5, 3)]
+    fused, optimizer = _sgd_trajectory(backend, True, shapes, momentum, nesterov, dtype=dtype)
+    plain, _ = _sgd_trajectory(backend, False, shapes, momentum, nesterov, dtype=dtype)
+    expected_kind = {"numpy": True, "cupy": False, "strict": False}[backend.name]
+    assert all((step is not None) == expected_kind for step in optimizer._fused_steps.values())
+    for name in plain:
+        np.testing.assert_allclose(fused[name], plain[name], rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("make", [Adam, lambda: SGD(momentum=0.9, nesterov=True)], ids=["adam", "sgd-nesterov"])
+def test_numpy_updates_are_the_same_on_any_number_of_threads(monkeypatch, make):
+    """Sharing the blocks among threads changes no bit: each element is updated by the same operations."""
+    from fastnn import kernels_cpu
+
+    monkeypatch.setattr(kernels_cpu, "BLOCK", 1000)
+    monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
+    results = []
+    for threads in (1, 2, 5):
+        kernels_cpu.set_threads(threads)
+        rng = np.random.default_rng(0)
+        param = rng.normal(size=(123, 77)).astype(np.float32)
+        optimizer = make()
+        for _ in range(3):
+            optimizer.step([("w", param, rng.normal(size=param.shape).astype(np.float32))], lr=0.01)
+        results.append(param)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, True])
+def test_kernel_threads_must_be_a_positive_whole_number(count):
+    from fastnn import kernels_cpu
+
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+        kernels_cpu.set_threads(count)

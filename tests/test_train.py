@@ -230,3 +230,49 @@ def test_evaluate_refuses_a_batch_size_of_zero(backend):
     x, y = backend.asarray(split.x_val, "float32"), backend.asarray(split.y_val, "int64")
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
         evaluate(Network([20, 8, 3], backend=backend), x, y, batch_size=0)
+
+
+def test_adam_blowing_up_is_caught_though_its_loss_stays_finite(tmp_path):
+    from fastnn.backend import get_backend
+
+    with pytest.raises(NonFiniteLoss, match=r"times the untrained loss.*try a smaller learning rate"):
+        with np.errstate(all="ignore"):
+            run_training(_config(optimizer="adam", lr=1e6, epochs=3), _split(), get_backend("cpu"), str(tmp_path))
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(optimizer="adam", dropout=0.2),
+        dict(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.05, schedule="cosine"),
+        dict(optimizer="adam", augment=True, features=3072),
+    ],
+    ids=["adam-dropout", "sgd-nesterov", "adam-augment"],
+)
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_path, changes):
+    changes = dict(changes)
+    split = _split(n_train=300, features=changes.pop("features", 20))
+    config = _config(**changes)
+    whole = run_training(config, split, backend, str(tmp_path / "whole"))
+
+    def stop_after_epoch_two(record, network):
+        if record.epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_training(config, split, backend, str(tmp_path / "cut"), on_epoch=stop_after_epoch_two)
+    resumed = run_training(config, split, backend, str(tmp_path / "cut"), resume=True)
+
+    assert resumed.test_accuracy == whole.test_accuracy
+    for (_, p), (_, q) in zip(whole.network.parameters(), resumed.network.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q))
+
+    def log(folder):
+        rows = [json.loads(line) for line in (tmp_path / folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert log("cut") == log("whole") and len(log("whole")) == 4
