@@ -157,47 +157,31 @@ class Adam:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
 
 
-class AdamW:
+class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as PyTorch's ``AdamW``.
 
     First ``p <- p - lr * weight_decay * p`` for weight matrices only (parameters of two or more
-    dimensions: biases and normalisation gains are left alone), then Adam's step:
+    dimensions: biases and normalisation gains are left alone), then Adam's step (:class:`Adam`):
     ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``t <- t + 1``,
     ``p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
     Unlike L2 (:mod:`fastnn.regularizers`), the decay never passes through ``m`` and ``v``, so
     Adam's per-parameter scaling does not weaken it for weights with large gradients.
     """
 
-    def __init__(self, weight_decay: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, weight_decay: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 fused: bool = True):
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight decay must be a finite number >= 0, got {weight_decay!r}")
-        for label, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"{label} must be in [0, 1), got {beta}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.weight_decay, self.beta1, self.beta2, self.eps = float(weight_decay), beta1, beta2, eps
-        self.t = 0
-        self.m: dict[str, Array] = {}
-        self.v: dict[str, Array] = {}
+        super().__init__(beta1, beta2, eps, fused)
+        self.weight_decay = float(weight_decay)
 
     def step(self, entries: Entries, lr: float) -> None:
-        lr = check_lr(lr)
-        self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        correction1, correction2 = 1.0 - b1**self.t, 1.0 - b2**self.t
-        for name, param, grad in entries:
-            xp = namespace(param)
-            if name not in self.m:
-                self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
-            m, v = self.m[name], self.v[name]
-            if self.weight_decay and param.ndim >= 2:
-                param *= 1.0 - lr * self.weight_decay
-            m *= b1
-            m += (1.0 - b1) * grad
-            v *= b2
-            v += (1.0 - b2) * (grad * grad)
-            param -= lr * (m / correction1) / (xp.sqrt(v / correction2) + self.eps)
+        lr, entries = check_lr(lr), list(entries)
+        if self.weight_decay:
+            for _, param, _ in entries:
+                if param.ndim >= 2:
+                    param *= 1.0 - lr * self.weight_decay
+        super().step(entries, lr)
 
     def __repr__(self) -> str:
         return f"AdamW(weight_decay={self.weight_decay}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
