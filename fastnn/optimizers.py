@@ -199,6 +199,16 @@ class AdamW:
             v += (1.0 - b2) * (grad * grad)
             param -= lr * (m / correction1) / (xp.sqrt(v / correction2) + self.eps)
 
+    def state_dict(self) -> dict[str, Array]:
+        """The moments ``m.<name>``, ``v.<name>``, as :meth:`Adam.state_dict`."""
+        return {**{f"m.{k}": a for k, a in self.m.items()}, **{f"v.{k}": a for k, a in self.v.items()}}
+
+    def load_state_dict(self, state: dict[str, Array], t: int) -> None:
+        """Continue from :meth:`state_dict`'s arrays (on the parameters' device, copied here) after ``t`` steps."""
+        self.t = t
+        self.m = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: _copy(a) for k, a in state.items() if k.startswith("v.")}
+
     def __repr__(self) -> str:
         return f"AdamW(weight_decay={self.weight_decay}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
 
