@@ -76,6 +76,17 @@ class NameList(click.ParamType):
         return tuple(dict.fromkeys(names))
 
 
+def hold_folder(ctx: click.Context, folder: Path) -> None:
+    """Lock ``folder`` (:class:`fastnn.rundir.RunLock`) until the command ends: two experiments in one
+    folder would train the same runs twice and write one report over the other."""
+    from fastnn.rundir import FolderBusy, RunLock
+
+    try:
+        ctx.with_resource(RunLock(folder))
+    except FolderBusy as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _result_text(record: RunRecord) -> str:
     if not record.ok:
         return "[red]diverged[/red]"
@@ -237,6 +248,7 @@ def experiments(
     backend = resolve_backend(base.device)
     note_ignored_options(base, backend)
     check_out_dir(Path(out_dir))
+    hold_folder(ctx, Path(out_dir))  # one experiments process per folder; rerunning after it ends resumes
     board_dir = check_tensorboard(tensorboard_dir)  # one TensorBoard run per trained run: board_dir/<run-id>/
     split = load_split(data_dir, base.validation, base.split_seed, base.subset)
     warning = " [bold red](quick run: not for conclusions)[/bold red]" if settings.quick else ""

@@ -32,6 +32,10 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why and what to do."""
 
 
+CUPY_STREAMS = "cupy RandomState, reseeded per stream"
+"""The kind of a CuPy :class:`DeviceRNG` state (NumPy's are named by their bit generator, e.g. PCG64)."""
+
+
 class DeviceRNG:
     """Random numbers made where the arrays live, so that nothing is copied across per batch.
 
@@ -42,7 +46,9 @@ class DeviceRNG:
     def __init__(self, backend: Backend, seed: int | None):
         self.backend = backend
         if backend.name == "cupy":
-            self._gen = backend.xp.random.RandomState(seed)
+            self._seed = int(np.random.SeedSequence(seed).entropy)  # a seed of None draws one
+            self._streams = 0
+            self._gen = backend.xp.random.RandomState(self._stream_seed())
         else:
             self._gen = np.random.default_rng(seed)
 
@@ -73,16 +79,37 @@ class DeviceRNG:
             return self._gen.permutation(n)
         return self.backend.asarray(self._gen.permutation(n), "int64")
 
-    def get_state(self) -> dict | None:
-        """The generator's state as JSON-able data (to resume a run); None on CuPy, whose
-        RandomState keeps its state in cuRAND, out of reach."""
+    def get_state(self) -> dict:
+        """The generator's state as JSON-able data (to resume a run).
+
+        NumPy's is its bit generator's state, read without changing it. CuPy's ``RandomState``
+        keeps its state in cuRAND, whose position the host cannot read back, so there this starts
+        a new stream, seeded from the seed and the number of streams so far, and returns those two
+        numbers: called at the same points of every run (``Trainer`` does, after each epoch), the
+        numbers drawn after it are the same whether the run went on or was resumed from it.
+        """
         if self.backend.name == "cupy":
-            return None
+            self._streams += 1
+            self._gen.seed(self._stream_seed())
+            return {"bit_generator": CUPY_STREAMS, "seed": self._seed, "streams": self._streams}
         return self._gen.bit_generator.state
 
     def set_state(self, state: dict) -> None:
-        """Continue from a state :meth:`get_state` returned."""
+        """Continue from a state :meth:`get_state` returned (on the same kind of backend)."""
+        if self.backend.name == "cupy":
+            if state.get("bit_generator") != CUPY_STREAMS:
+                raise ValueError(f"a random state of {state.get('bit_generator')!r} cannot go on with CuPy")
+            self._seed, self._streams = int(state["seed"]), int(state["streams"])
+            self._gen.seed(self._stream_seed())
+            return
         self._gen.bit_generator.state = state
+
+    def _stream_seed(self) -> np.uint64:
+        """CuPy's seed of the current stream, mixed from the seed and the stream count: 32 bits (as
+        NumPy's RandomState takes too, which stands in for CuPy's in tests) in a NumPy uint64, which
+        every CuPy's ``seed`` takes: some cast a seed to uint64 with ``casting="safe"``, which NumPy 2
+        refuses for a Python int."""
+        return np.uint64(np.random.SeedSequence([self._seed, self._streams]).generate_state(1, np.uint32)[0])
 
 
 @dataclass(frozen=True)
