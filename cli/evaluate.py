@@ -73,8 +73,8 @@ def measure(model: str, backend: Any, data_dir: str | None, tta: bool | None = N
             "point --data-dir at the CIFAR-10 copy used for training"
         )
     backend.set_tf32(config.tf32)  # the precision the run was trained and tested in, so the numbers agree
-    x_test = backend.asarray(split.x_test, config.dtype)
-    y_test = backend.asarray(split.y_test, "int64")
+    x_test = backend.asarray(split.x_test, config.dtype, copy=False)
+    y_test = backend.asarray(split.y_test, "int64", copy=False)
     tta = config.tta if tta is None else tta
     loss, accuracy, predicted = evaluate(network, x_test, y_test, return_predictions=True, tta=tta)
     predicted = backend.to_numpy(predicted)

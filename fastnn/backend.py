@@ -124,12 +124,15 @@ class Backend:
     device: Any = None
     note: str | None = field(default=None, compare=False)
 
-    def asarray(self, host_array: Any, dtype: str | None = None) -> Any:
+    def asarray(self, host_array: Any, dtype: str | None = None, copy: bool = True) -> Any:
         """A copy of a host (NumPy) array or Python scalar/list on the device, optionally as ``dtype``:
         an in-place step on it never changes the caller's array. NumPy's own result, and the NumPy
-        array that array-api-strict wraps, would otherwise share the caller's memory (np.array copies)."""
+        array that array-api-strict wraps, would otherwise share the caller's memory (np.array copies).
+        ``copy=False`` lets them share it where the result is only ever read (a data set), which saves
+        a copy of the data on the CPU."""
         dtype = None if dtype is None else np.dtype(dtype)
-        host = np.asarray(host_array, dtype=dtype) if self.name == "cupy" else np.array(host_array, dtype=dtype)
+        shared = self.name == "cupy" or not copy  # CuPy copies to the device anyway
+        host = np.asarray(host_array, dtype=dtype) if shared else np.array(host_array, dtype=dtype)
         if self.name == "numpy":
             return host
         if self.name == "cupy":

@@ -410,8 +410,9 @@ class Trainer:
         if cfg.augment:
             check_augmentable(x_train.shape[1])
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
-        x, y = b.asarray(x_train, cfg.dtype), b.asarray(y_train, "int64")
-        xv, yv = b.asarray(x_val, cfg.dtype), b.asarray(y_val, "int64")  # train_epoch, evaluate check the labels
+        # The data is only read, so on the CPU it may share the caller's memory (copy=False).
+        x, y = b.asarray(x_train, cfg.dtype, copy=False), b.asarray(y_train, "int64", copy=False)
+        xv, yv = b.asarray(x_val, cfg.dtype, copy=False), b.asarray(y_val, "int64", copy=False)
         b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         mixup = cfg.make_mixup()
@@ -565,7 +566,10 @@ def run_training(
     )
     seconds = time.perf_counter() - started
     test_loss, test_accuracy = evaluate(
-        network, backend.asarray(split.x_test, config.dtype), backend.asarray(split.y_test, "int64"), tta=config.tta
+        network,
+        backend.asarray(split.x_test, config.dtype, copy=False),
+        backend.asarray(split.y_test, "int64", copy=False),
+        tta=config.tta,
     )
     result = RunResult(config, network, trainer.history, test_loss, test_accuracy, seconds)
     if out is not None:

@@ -211,3 +211,11 @@ def test_set_tf32_only_where_the_gpu_has_tf32(monkeypatch, capability, has_tf32)
     gpu = backend_module.Backend("cupy", _fake_cupy_with_a_gpu(compute_capability=capability))
     assert gpu.set_tf32(True) is has_tf32
     assert calls == ([True] if has_tf32 else [])
+
+
+def test_asarray_copies_unless_told_the_data_is_only_read():
+    cpu = get_backend("cpu")
+    host = np.arange(6, dtype=np.float32)
+    assert not np.shares_memory(cpu.asarray(host, "float32"), host)
+    assert np.shares_memory(cpu.asarray(host, "float32", copy=False), host)  # training data: no second copy
+    assert not np.shares_memory(cpu.asarray(host, "float64", copy=False), host)  # another dtype is a new array
