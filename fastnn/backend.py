@@ -294,6 +294,18 @@ def available_backends() -> dict[str, str]:
     return status
 
 
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use, by the names CUDA_VISIBLE_DEVICES gives them; [] where CuPy
+    or a GPU is missing. Worker processes take one each (``fastnn tune --workers``)."""
+    try:
+        cupy = get_backend("gpu").xp
+    except BackendUnavailable:
+        return []
+    count = cupy.cuda.runtime.getDeviceCount()
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return (visible or [str(i) for i in range(count)])[:count]
+
+
 _NAMESPACES: dict[type, ModuleType] = {}
 
 

@@ -661,13 +661,18 @@ def _train_all(
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
-@contextlib.contextmanager
-def divided_blas_threads(workers: int) -> Iterator[None]:
+def divided_blas_threads(workers: int) -> contextlib.AbstractContextManager[None]:
     """While processes are started, the environment gives each its share of the CPU's BLAS threads:
     a spawned interpreter reads these before it loads NumPy, so K processes do not fight over cores."""
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    saved = {name: os.environ.get(name) for name in BLAS_THREADS}
-    os.environ.update({name: threads for name in BLAS_THREADS})
+    return environment({name: threads for name in BLAS_THREADS})
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, for the processes started inside; restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:

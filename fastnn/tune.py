@@ -412,23 +412,30 @@ def _print_trial(trial: Any) -> None:
     )
 
 
+def worker_gpu(gpus: list[str], worker: int) -> dict[str, str]:
+    """The environment that gives ``worker`` one of several GPUs, in turn; nothing with one or none."""
+    return {"CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]} if len(gpus) > 1 else {}
+
+
 def run_workers(settings: StudySettings, workers: int, on_trial: Any = None) -> list[int]:
     """Run the study in ``workers`` processes (one in this process when 1); the BLAS threads are
-    divided between them through the environment each inherits before it loads NumPy. Returns the
-    workers' exit codes."""
+    divided between them, and the GPUs where there are several, through the environment each
+    inherits before it loads NumPy or CuPy. Returns the workers' exit codes."""
     if workers == 1:
         run_worker(settings, 0, on_trial)
         return [0]
     import multiprocessing
 
-    from fastnn.experiments import divided_blas_threads
+    from fastnn.backend import gpu_ids
+    from fastnn.experiments import divided_blas_threads, environment
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter reads the thread counts afresh
-    processes = []
+    processes, gpus = [], gpu_ids()
     with divided_blas_threads(workers):
         for worker in range(workers):
             process = context.Process(target=_worker_main, args=(settings, worker))
-            process.start()
+            with environment(worker_gpu(gpus, worker)):
+                process.start()
             processes.append(process)
     try:
         for process in processes:

@@ -269,3 +269,18 @@ def test_study_where_every_trial_diverges_ends_with_one_line(tmp_path, data_dir)
     assert "Error: no trial completed" in output and "Traceback" not in output
     assert output.count("the training loss became") == 2  # each failure says why; the study gives up after 2
     assert _states(f"sqlite:///{tmp_path / 'study' / 'study.db'}") == ["FAIL", "FAIL"]
+
+
+def test_workers_take_one_gpu_each_where_there_are_several(monkeypatch):
+    from fastnn.backend import gpu_ids
+    from fastnn.experiments import environment
+    from fastnn.tune import worker_gpu
+
+    assert [worker_gpu(["0", "1"], w) for w in range(3)] == [{"CUDA_VISIBLE_DEVICES": n} for n in "010"]
+    assert worker_gpu(["3"], 1) == {} and worker_gpu([], 0) == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    with environment({"CUDA_VISIBLE_DEVICES": "1", "FASTNN_TEST_UNSET": "x"}):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "1" and os.environ["FASTNN_TEST_UNSET"] == "x"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7" and "FASTNN_TEST_UNSET" not in os.environ
+    if not gpu_ids():  # no usable CuPy here: a worker's environment is left as it is
+        assert worker_gpu(gpu_ids(), 0) == {}
