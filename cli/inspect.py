@@ -47,9 +47,7 @@ def inspect_command(model: str, out_dir: str | None, device: str, data_dir: str 
     measured = measure(model, backend, data_dir)
     network = measured.network
     probabilities = class_probabilities(network, backend.asarray(measured.split.x_test, measured.config.dtype))
-    layers = "-".join(map(str, network.sizes))
-    activation = f" ({measured.config.activation})" if len(network.sizes) > 2 else ""
-    title = f"{Path(model)}: {layers}{activation}, test accuracy {measured.accuracy:.2%}"
+    title = f"{Path(model)}: {measured.config.describe()}, test accuracy {measured.accuracy:.2%}"
     rows, note = read_metrics(Path(model).parent / "metrics.jsonl")
     if note:
         err_console.print(f"[yellow]note:[/yellow] {escape(note)}")

@@ -553,10 +553,9 @@ def _train(
 
     split = load_split(data_dir, config.validation, config.split_seed, config.subset)
     board = TensorBoardLogger(board_dir) if board_dir else None
-    layers = "-".join(map(str, (3072, *config.hidden, 10)))
     console.print(
         ("resuming " if resume else "")
-        + f"training {layers} ({config.activation}) on {backend.describe()}: "
+        + f"training {config.describe()} on {backend.describe()}: "
         f"{config.optimizer} lr {config.lr:g}, "
         f"schedule {config.schedule}, l2 {config.l2:g}, dropout {config.dropout:g}, batch {config.batch_size}, "
         f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, "

@@ -143,6 +143,15 @@ class TrainConfig:
             return Network(sizes, self.activation, dropout=self.dropout, **common)
         return Network(spec=spec, **common)
 
+    def describe(self, n_inputs: int = 3072, n_classes: int = 10) -> str:
+        """The network in a few words, e.g. ``3072-1024-512-10 (relu)`` or
+        ``3072-256-10, 4 residual blocks x4 (gelu, layer norm)``."""
+        sizes = "-".join(map(str, (n_inputs, *self.hidden, n_classes)))
+        plural = "s" if self.blocks != 1 else ""
+        blocks = f", {self.blocks} residual block{plural} x{self.expansion}" if self.blocks else ""
+        norm = f", {self.norm} norm" if self.norm != "none" else ""
+        return f"{sizes}{blocks} ({self.activation}{norm})" if self.hidden else sizes
+
     def make_optimizer(self) -> Any:
         settings = {
             "sgd": {"momentum": self.momentum, "nesterov": self.nesterov and self.momentum > 0},

@@ -276,3 +276,18 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_p
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
     assert log("cut") == log("whole") and len(log("whole")) == 4
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({}, "3072-1024-512-10 (relu)"),
+        ({"hidden": ()}, "3072-10"),
+        ({"hidden": (256,), "blocks": 4, "norm": "layer", "activation": "gelu"},
+         "3072-256-10, 4 residual blocks x4 (gelu, layer norm)"),
+        ({"hidden": (64,), "blocks": 1, "expansion": 2, "norm": "batch"},
+         "3072-64-10, 1 residual block x2 (relu, batch norm)"),
+    ],
+)
+def test_a_config_describes_its_network_in_a_few_words(settings, words):
+    assert TrainConfig(**settings).describe() == words
