@@ -16,6 +16,18 @@ from fastnn.backend import BackendUnavailable, get_backend
 console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="FASTNN_DATA_DIR",
+    help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
+)
+"""``--data-dir``, as every command that loads CIFAR-10 takes it."""
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+"""``--device`` of the commands that measure a saved network."""
+
 
 def resolve_backend(name: str) -> Any:
     """The backend for ``--device``; an unavailable one is a usage error (exit code 2)."""

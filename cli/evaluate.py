@@ -14,7 +14,7 @@ from fastnn.checkpoint import CheckpointError, damaged, load
 from fastnn.data.cifar10 import PIXELS
 from fastnn.network import Network
 from fastnn.train import TrainConfig, evaluate
-from fastnn_cli.common import console, load_split, resolve_backend
+from fastnn_cli.common import console, data_dir_option, device_option, load_split, resolve_backend
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -84,14 +84,8 @@ def measure(model: str, backend: Any, data_dir: str | None, tta: bool | None = N
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    envvar="FASTNN_DATA_DIR",
-    help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
-)
+@device_option
+@data_dir_option
 @click.option(
     "--tta/--no-tta",
     default=None,

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from fastnn.checkpoint import write_atomic_set
 from fastnn.report import ReportError, require_matplotlib
-from fastnn_cli.common import console, err_console, resolve_backend
+from fastnn_cli.common import console, data_dir_option, device_option, err_console, resolve_backend
 from fastnn_cli.evaluate import measure
 from fastnn_cli.train import check_out_dir
 
@@ -23,14 +23,8 @@ from fastnn_cli.train import check_out_dir
     default=None,
     help="Folder for inspect.png, weights.png, inspect.json and index.html [default: the model's folder].",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    envvar="FASTNN_DATA_DIR",
-    help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
-)
+@device_option
+@data_dir_option
 def inspect_command(model: str, out_dir: str | None, device: str, data_dir: str | None) -> None:
     """Draw what a saved MODEL (model.npz) learned: first-layer weights as images, the confusion matrix,
     the test images it gets most confidently wrong and the training curves of its metrics.jsonl."""

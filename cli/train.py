@@ -20,6 +20,7 @@ from fastnn.train import NORMS, NonFiniteLoss, TrainConfig, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
     console,
+    data_dir_option,
     err_console,
     load_split,
     note_ignored_options,
@@ -384,13 +385,7 @@ def training_options(command):
             "inputs rounded to 10 mantissa bits, faster, slightly less precise (see bench/results/README.md). "
             "No effect on the CPU.",
         ),
-        click.option(
-            "--data-dir",
-            type=click.Path(file_okay=False),
-            default=None,
-            envvar="FASTNN_DATA_DIR",
-            help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR; default ~/.cache/fastnn].",
-        ),
+        data_dir_option,
         click.option(
             "--config",
             type=click.Path(dir_okay=False),

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from fastnn_cli.common import console, err_console
+from fastnn_cli.common import console, data_dir_option, err_console
 
 
 @click.command()
@@ -22,13 +22,7 @@ from fastnn_cli.common import console, err_console
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per worker.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the sampler (worker i uses seed + i).")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    envvar="FASTNN_DATA_DIR",
-    help="Folder with cifar-10-python.tar.gz [env FASTNN_DATA_DIR].",
-)
+@data_dir_option
 def tune(space_path, trials, out_dir, storage, study_name, workers, timeout, pruner, seed, data_dir) -> None:
     """Search training settings with Optuna; write best.toml, report.md and figures to --out."""
     try:
