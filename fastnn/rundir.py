@@ -2,21 +2,26 @@
 
 A run holds ``.fastnn.lock`` in its folder (created exclusively, holding the pid and the host of its
 process) from start to end. A second run there is refused and told who holds it; a lock whose
-process is gone (same host, pid no longer alive) is stale and is taken over. Temporary
-``.<name>.*.part`` files (:func:`fastnn.checkpoint.temporary_beside`) left by a writer killed in the
-middle of a save are removed when the next run takes the lock: no other writer can be there then.
+process is gone (same host, pid no longer alive) is stale and is taken over; it is removed under a
+kernel lock on ``.fastnn.lock.guard``, so that two runs that find it at once cannot both take the
+folder. Temporary ``.<name>.*.part`` files (:func:`fastnn.checkpoint.temporary_beside`) left by a
+writer killed in the middle of a save are removed when the next run takes the lock: no other
+writer can be there then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_NAME = ".fastnn.lock"
+GUARD_NAME = ".fastnn.lock.guard"
 
 
 class FolderBusy(RuntimeError):
@@ -71,15 +76,10 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = _holder(self.path)
-                if holder is None and _age(self.path) < FRESH_SECONDS:  # its writer may be filling it in
-                    holder = {"pid": "?", "host": "?"}
-                if holder is not None and (holder["host"] != me["host"] or _alive(holder["pid"])):
-                    raise FolderBusy(
-                        f"{self.folder} is in use by another run (pid {holder['pid']} on {holder['host']}); "
-                        f"wait for it, choose another --out, or delete {self.path} if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process has died
+                self._refuse_if_held(me)
+                with self._guard():  # two runs that found the same stale lock: only one removes it
+                    self._refuse_if_held(me)  # again: the other may have made its own lock meanwhile
+                    self.path.unlink(missing_ok=True)  # stale: its process has died
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(me))
@@ -87,6 +87,30 @@ class RunLock:
             remove_stale_parts(self.folder)
             return
         raise OSError(errno.EAGAIN, "the lock file keeps changing", str(self.path))
+
+    def _refuse_if_held(self, me: dict) -> None:
+        """FolderBusy when the lock file names a live process (or is being written right now)."""
+        holder = _holder(self.path)
+        if holder is None and _age(self.path) < FRESH_SECONDS:  # its writer may be filling it in
+            holder = {"pid": "?", "host": "?"}
+        if holder is not None and (holder["host"] != me["host"] or _alive(holder["pid"])):
+            raise FolderBusy(
+                f"{self.folder} is in use by another run (pid {holder['pid']} on {holder['host']}); "
+                f"wait for it, choose another --out, or delete {self.path} if that process is gone"
+            )
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A kernel lock (flock) on ``.fastnn.lock.guard`` around the removal of a stale lock: the
+        kernel lets it go however its holder ends, so it never goes stale itself."""
+        import fcntl
+
+        with open(self.folder / GUARD_NAME, "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
 
     def release(self) -> None:
         if self.held:

@@ -30,3 +30,4 @@ def test_experiments_in_a_held_folder_is_refused_before_loading_data_and_the_loc
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.output.endswith("Error: no data here\n") and result.exit_code == 1
     assert not (tmp_path / LOCK_NAME).exists()  # let go when the command ended
+
