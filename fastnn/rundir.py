@@ -102,15 +102,25 @@ class RunLock:
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
         """A kernel lock (flock) on ``.fastnn.lock.guard`` around the removal of a stale lock: the
-        kernel lets it go however its holder ends, so it never goes stale itself."""
+        kernel lets it go however its holder ends, so it never goes stale itself. The holder removes
+        the file as it lets go, and a waiter that then holds a removed file tries again."""
         import fcntl
 
-        with open(self.folder / GUARD_NAME, "a") as guard:
+        path = self.folder / GUARD_NAME
+        while True:
+            guard = open(path, "a")  # closed below, after its flock is let go
             fcntl.flock(guard, fcntl.LOCK_EX)
             try:
-                yield
-            finally:
-                fcntl.flock(guard, fcntl.LOCK_UN)
+                if os.fstat(guard.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            guard.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            guard.close()
 
     def release(self) -> None:
         if self.held:
