@@ -276,11 +276,20 @@ def open_study(storage_url: str, name: str, pruner: str, seed: int | None, embed
     # Elsewhere than the embedded file, a worker that stops beating for 60 s is taken for dead.
     heartbeat = {} if embedded else {"heartbeat_interval": 15, "grace_period": 60}
     try:
-        try:
-            storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
-        except sqlalchemy.exc.IntegrityError:  # another command made the same tables at the same moment
-            time.sleep(1)
-            storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
+        for attempt in range(5):
+            try:
+                storage = optuna.storages.RDBStorage(storage_url, **heartbeat)
+                break
+            # Another command made the same tables at the same moment: PostgreSQL says so with a
+            # duplicate key (IntegrityError), a table that exists already (ProgrammingError) or a
+            # deadlock between the two (OperationalError, like an unreachable server, tried once).
+            except sqlalchemy.exc.DBAPIError as exc:
+                racing = isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or (
+                    isinstance(exc, sqlalchemy.exc.OperationalError) and "deadlock" in str(exc)
+                )
+                if attempt == 4 or not racing:
+                    raise
+                time.sleep(1)
         return optuna.create_study(
             storage=storage,
             study_name=name,
