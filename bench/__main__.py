@@ -40,6 +40,18 @@ def _adam_kinds(text: str) -> list[str]:
     return kinds
 
 
+def _engines(text: str) -> list[str]:
+    from fastnn import kernels_cpu
+
+    engines = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [e for e in engines if e not in ("numba", "numpy")]
+    if bad or not engines:
+        raise argparse.ArgumentTypeError(f"choose from numba, numpy (got {text!r})")
+    if "numba" in engines and kernels_cpu.engine() != "numba":
+        raise argparse.ArgumentTypeError("the numba engine needs numba: pip install 'fastnn[fast]'")
+    return engines
+
+
 RUNNER_LABELS = ("fastnn-numpy", "torch-cpu", "fastnn-cupy", "torch-cuda")
 
 
@@ -55,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=positive_int,
         default=_usable_cores(),
         help="CPU threads for NumPy's BLAS and for torch (default: all cores this process may use)",
+    )
+    p.add_argument(
+        "--engines",
+        type=_engines,
+        default=None,
+        help="fastnn's CPU optimizer engine(s), comma list of numba, numpy (fastnn.kernels_cpu): one "
+        "fastnn-numpy row each (default: one row, on the engine training would use)",
     )
     p.add_argument("--only", default=None, help="comma list of runners, e.g. fastnn-numpy,torch-cpu")
     p.add_argument(
@@ -101,7 +120,8 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
         return True
 
     if want("fastnn-numpy"):
-        runners.append(FastnnRunner(get_backend("cpu"), x, y, sizes, 1e-3, 0))
+        cpu = get_backend("cpu")
+        runners += [FastnnRunner(cpu, x, y, sizes, 1e-3, 0, engine=e) for e in (args.engines or [None])]
         status["fastnn-numpy"] = "ok"
     if want("torch-cpu"):
         status["torch-cpu"] = torch_status()
@@ -171,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epoch_images": EPOCH_IMAGES,
                 "threads": args.threads,
                 "torch_adam": args.torch_adam,
+                "engines": args.engines,
                 "tf32": args.tf32,
                 "quick": args.quick,
             },

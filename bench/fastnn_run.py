@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnn import kernels_cpu
 from fastnn.network import Network
 from fastnn.optimizers import Adam
 from fastnn.train import train_epoch
@@ -19,11 +20,21 @@ class FastnnRunner:
     reference = False
 
     def __init__(
-        self, backend: Any, x: np.ndarray, y: np.ndarray, sizes: list[int], lr: float, seed: int, tf32: bool = False
+        self,
+        backend: Any,
+        x: np.ndarray,
+        y: np.ndarray,
+        sizes: list[int],
+        lr: float,
+        seed: int,
+        tf32: bool = False,
+        engine: str | None = None,
     ):
         self.backend, self.sizes, self.lr, self.seed = backend, sizes, lr, seed
         self.tf32 = backend.set_tf32(tf32) and tf32  # as `fastnn train --tf32` does; False off the GPU
-        self.label = f"fastnn-{backend.name}"
+        # the CPU optimizer kernels' engine (fastnn.kernels_cpu), set around each of this runner's epochs
+        self.engine = engine
+        self.label = f"fastnn-{backend.name}" + (f"[{engine}]" if engine else "")
         self.device = "gpu" if backend.name == "cupy" else "cpu"
         self.x = backend.asarray(x, "float32")
         self.y = backend.asarray(y, "int64")
@@ -40,6 +51,7 @@ class FastnnRunner:
         b = self.backend
         x, y = self.x[:rows], self.y[:rows]
         b.synchronize()
+        previous = kernels_cpu.set_engine(self.engine) if self.engine else None
         started = time.perf_counter()
         loss_sum, _correct = train_epoch(
             self.network,
@@ -53,13 +65,18 @@ class FastnnRunner:
         )
         mean_loss = float(loss_sum) / rows  # the one read-back of an epoch, as the Trainer does it
         b.synchronize()
-        return time.perf_counter() - started, mean_loss
+        seconds = time.perf_counter() - started
+        if previous:
+            kernels_cpu.set_engine(previous)
+        return seconds, mean_loss
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "backend": self.backend.describe(),
             "adam": "fused" if self.optimizer.fused else "formula",
         }
+        if self.backend.name == "numpy":
+            info["update_engine"] = self.engine or kernels_cpu.engine()
         if self.backend.name == "cupy":
             pool = self.backend.xp.get_default_memory_pool()
             info["memory_pool_bytes"] = {"used": pool.used_bytes(), "held": pool.total_bytes()}

@@ -32,6 +32,7 @@ import numpy as np
 from bench.harness import cpu_threads, initial_weights, positive_int, positive_ints, synthetic_data, writable_file
 from bench.report import LoadMeter, blas, cpu_model
 from bench.torch_peer import torch
+from fastnn import kernels_cpu
 from fastnn.backend import get_backend
 from fastnn.checkpoint import write_atomic
 from fastnn.layers import Dense
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             "python -m bench.profile " + " ".join(sys.argv[1:] if argv is None else argv),
             f"CPU: {cpu_model()}, {os.cpu_count()} cores; NumPy {np.__version__}, BLAS {blas()}; "
             + (f"torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "no torch"),
-            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average at start "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
+            f"optimizer engine {kernels_cpu.engine()}; load average at start "
             + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
         ]
         for batch_size in args.batch_sizes:

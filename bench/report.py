@@ -71,6 +71,12 @@ class LoadMeter:
         }
 
 
+def _update_engine() -> str:
+    from fastnn import kernels_cpu
+
+    return kernels_cpu.engine()
+
+
 def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
     """Where the numbers come from: CPU, cores, library versions, BLAS and threads, GPU, load."""
     info: dict[str, Any] = {
@@ -82,6 +88,8 @@ def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numpy_blas": blas(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "update_engine": _update_engine(),
         "torch": None if torch is None else torch.__version__,
         "gpu": gpu_name,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -1,11 +1,19 @@
 """In-place optimizer updates for NumPy arrays, shared among the CPU's cores.
 
 Written with array operators, one Adam step on a (3072, 1024) weight makes seven full-size
-temporaries and runs on one core. Here the same formulas run with ``out=`` into a small scratch
-buffer, one cache-sized block at a time (each block's slices of parameter, gradient, moments and
-scratch stay in the core's cache across the dozen operations, so memory is read and written about
-once per array), and the blocks of a large parameter are shared among a few threads: NumPy
-releases the GIL inside each operation, so the threads run on separate cores.
+temporaries and runs on one core. Here the same formulas run in place, in one of two engines:
+
+- ``"numba"`` (with the ``[fast]`` extra installed): one compiled loop per update, which reads each
+  array once, keeps the element in registers through all the formula's steps, writes it once, and
+  splits the elements among the threads. Adam on the default network's 3.7 million parameters:
+  about 3 ms a step on 2 cores, against about 10 ms for the blocks below.
+- ``"numpy"`` (always there): the formulas with ``out=`` into a small scratch buffer, one
+  cache-sized block at a time (each block's slices of parameter, gradient, moments and scratch stay
+  in the core's cache across the dozen operations), the blocks of a large parameter shared among a
+  few threads: NumPy releases the GIL inside each operation, so the threads run on separate cores.
+
+Both do the same float operations in the same order (no fused multiply-add: numba without
+``fastmath``), so they give the same bits, and a run may change engine on ``--resume``.
 
 The formulas themselves, and the reference these kernels are tested against, are those of
 :mod:`fastnn.optimizers` (``Adam(fused=False)``, ``SGD(fused=False)``); :mod:`fastnn.backend`
@@ -30,6 +38,47 @@ operation (about a microsecond) stays small beside its work on the block."""
 _threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+_ENGINES = ("numba", "numpy")
+_engine: str | None = None  # chosen at the first update: "numba" where it imports, else "numpy"
+_numba: Any = None  # the compiled kernels, once made
+
+
+def engine() -> str:
+    """The engine the updates run on: ``"numba"`` (the ``[fast]`` extra) or ``"numpy"``."""
+    global _engine
+    if _engine is None:
+        _engine = "numba" if _load_numba() is not None else "numpy"
+    return _engine
+
+
+def set_engine(name: str) -> str:
+    """Run the updates on ``name`` (``"numba"`` or ``"numpy"``); returns the previous engine.
+
+    ``"numba"`` needs the ``[fast]`` extra (``pip install 'fastnn[fast]'``). The benchmark and the
+    tests use this to compare the two; training takes the default, numba where it is installed.
+    """
+    global _engine
+    if name not in _ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(_ENGINES)}")
+    if name == "numba" and _load_numba() is None:
+        raise ValueError("the numba engine needs numba: pip install 'fastnn[fast]'")
+    previous = engine()
+    _engine = name
+    return previous
+
+
+def _load_numba() -> Any:
+    """The compiled kernels (a namespace with ``adam`` and ``sgd``), or None without numba."""
+    global _numba
+    if _numba is None:
+        try:
+            from fastnn import kernels_numba
+        except Exception:  # not installed, or a numba that refuses this NumPy: the NumPy engine serves
+            return None
+        _numba = kernels_numba
+    return _numba
 
 
 def threads() -> int:
@@ -110,6 +159,12 @@ def _update(arrays: list[np.ndarray], block_update: BlockUpdate, scratch: dict) 
         future.result()
 
 
+def _compiled_ok(arrays: tuple[np.ndarray, ...]) -> bool:
+    """Whether the compiled loops take these arrays: contiguous, float32 or float64, one dtype."""
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
 AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
 
 
@@ -125,6 +180,14 @@ def adam_step() -> AdamStep:
     scratch: dict = {}
 
     def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
+        arrays = (param, grad, m, v)
+        if engine() == "numba" and _compiled_ok(arrays):
+            scalar = param.dtype.type  # scalars of the arrays' dtype, as NumPy casts Python floats
+            flat = [a.reshape(-1) for a in arrays]
+            _numba.adam(*flat, scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2),
+                        scalar(step_size), scalar(eps_hat), _threads)
+            return
+
         def block(arrays, t):
             p, g, mb, vb = arrays
             np.multiply(mb, beta1, out=mb)  # m <- beta1 m + (1 - beta1) g
@@ -160,6 +223,14 @@ def sgd_step() -> SGDStep:
     scratch: dict = {}
 
     def step(param, grad, velocity, lr, momentum, nesterov):
+        arrays = (param, grad) if velocity is None else (param, grad, velocity)
+        if engine() == "numba" and _compiled_ok(arrays):
+            scalar = param.dtype.type
+            flat = [a.reshape(-1) for a in arrays]
+            _numba.sgd(flat[0], flat[1], flat[2] if velocity is not None else flat[1], velocity is not None,
+                       scalar(lr), scalar(momentum), bool(nesterov), _threads)
+            return
+
         def block(arrays, t):
             p, g = arrays[0], arrays[1]
             if velocity is None:

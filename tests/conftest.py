@@ -35,3 +35,17 @@ def full_float32_products():
             get_backend("gpu").set_tf32(False)
         except BackendUnavailable:
             pass
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def update_engine(request):
+    """Each engine of the CPU optimizer kernels (fastnn.kernels_cpu) in turn; numba's is skipped
+    where the ``[fast]`` extra is not installed. The engine in use before is restored after."""
+    from fastnn import kernels_cpu
+
+    try:
+        previous = kernels_cpu.set_engine(request.param)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    yield request.param
+    kernels_cpu.set_engine(previous)

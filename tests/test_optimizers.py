@@ -91,16 +91,27 @@ def test_fused_adam_matches_the_formula(backend, dtype, rtol):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_numpy_adam_blocks_cover_every_element(monkeypatch, threads):
+def test_numpy_adam_blocks_cover_every_element(monkeypatch, threads, update_engine):
     """Blocks smaller than a row, ragged last blocks, a 0-d and a strided parameter, shared among
-    threads: every element updated once, as the formula says."""
+    threads: every element updated once, as the formula says (numba: parts of uneven length)."""
     from fastnn import kernels_cpu
     from fastnn.backend import get_backend
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 50)
+    _parallel_from(monkeypatch, 10)
     monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
     kernels_cpu.set_threads(threads)
     _check_numpy_adam_blocks(get_backend("numpy"))
+
+
+def _parallel_from(monkeypatch, size):
+    """Let numba's loops share arrays of ``size`` elements and more among the threads (where numba is
+    installed), so that small test arrays take the parallel path too."""
+    try:
+        from fastnn import kernels_numba
+    except ImportError:
+        return
+    monkeypatch.setattr(kernels_numba, "PARALLEL_FROM", size)
 
 
 def _check_numpy_adam_blocks(backend):
@@ -226,11 +237,13 @@ def _sgd_trajectory(backend, fused, shapes, momentum, nesterov, steps=4, seed=0,
 
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 @pytest.mark.parametrize("dtype, rtol", [("float32", 2e-6), ("float64", 1e-13)])
-def test_fused_sgd_matches_the_formula(backend, monkeypatch, momentum, nesterov, dtype, rtol):
-    """The backend's in-place SGD (NumPy blocks shared among threads) against the formula in SGD.step."""
+def test_fused_sgd_matches_the_formula(backend, monkeypatch, momentum, nesterov, dtype, rtol, update_engine):
+    """The backend's in-place SGD (NumPy blocks or numba's loops, shared among threads) against the
+    formula in SGD.step."""
     from fastnn import kernels_cpu
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 64)  # several blocks and threads even on small arrays
+    _parallel_from(monkeypatch, 64)
     shapes = [(300, 70), (70,), (5, 3)]
     fused, optimizer = _sgd_trajectory(backend, True, shapes, momentum, nesterov, dtype=dtype)
     plain, _ = _sgd_trajectory(backend, False, shapes, momentum, nesterov, dtype=dtype)
@@ -241,11 +254,12 @@ def test_fused_sgd_matches_the_formula(backend, monkeypatch, momentum, nesterov,
 
 
 @pytest.mark.parametrize("make", [Adam, lambda: SGD(momentum=0.9, nesterov=True)], ids=["adam", "sgd-nesterov"])
-def test_numpy_updates_are_the_same_on_any_number_of_threads(monkeypatch, make):
+def test_numpy_updates_are_the_same_on_any_number_of_threads(monkeypatch, make, update_engine):
     """Sharing the blocks among threads changes no bit: each element is updated by the same operations."""
     from fastnn import kernels_cpu
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 1000)
+    _parallel_from(monkeypatch, 1000)
     monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
     results = []
     for threads in (1, 2, 5):
