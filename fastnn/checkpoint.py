@@ -197,8 +197,9 @@ def _network(arch: dict[str, Any], params: dict[str, np.ndarray], backend: Any, 
     """The network an ``architecture`` describes: from its layer specs, or, in a checkpoint written
     before there were any, from its sizes and activation. Checked against ``params`` first."""
     _check_architecture(arch, params)
+    smoothing = arch.get("label_smoothing", 0.0)  # not recorded before label smoothing was saved: none
     if "layers" in arch:
-        return Network(spec=arch["layers"], backend=backend, l2=arch["l2"], dtype=dtype)
+        return Network(spec=arch["layers"], backend=backend, l2=arch["l2"], label_smoothing=smoothing, dtype=dtype)
     return Network(
         arch["sizes"],
         arch["activation"],
@@ -206,6 +207,7 @@ def _network(arch: dict[str, Any], params: dict[str, np.ndarray], backend: Any, 
         init=arch["init"],
         dropout=arch["dropout"],
         l2=arch["l2"],
+        label_smoothing=smoothing,
         dtype=dtype,
     )
 

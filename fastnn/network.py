@@ -241,11 +241,13 @@ class Network:
         return [layer.spec() for layer in self.layers]
 
     def architecture(self) -> dict[str, Any]:
-        """What is needed to rebuild this network (saved in checkpoints): the layer specs and the L2
-        strength, and for a network built from sizes those too, as older fastnn versions read them."""
+        """What is needed to rebuild this network (saved in checkpoints): the layer specs, the L2
+        strength and the loss's label smoothing (a resumed run trains on the same loss), and for a
+        network built from sizes those too, as older fastnn versions read them."""
         built_from_sizes = self.activation is not None
         legacy = {"sizes": list(self.sizes), "activation": self.activation, "init": self.init, "dropout": self.dropout}
-        return {**(legacy if built_from_sizes else {}), "l2": self.regularizer.lam, "layers": self.spec()}
+        loss = {"l2": self.regularizer.lam, "label_smoothing": self.loss_fn.label_smoothing}
+        return {**(legacy if built_from_sizes else {}), **loss, "layers": self.spec()}
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)

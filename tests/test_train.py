@@ -250,8 +250,9 @@ class _Stop(Exception):
         dict(optimizer="adam", dropout=0.2),
         dict(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.05, schedule="cosine"),
         dict(optimizer="adam", augment=True, features=3072),
+        dict(optimizer="adam", label_smoothing=0.1, norm="batch"),
     ],
-    ids=["adam-dropout", "sgd-nesterov", "adam-augment"],
+    ids=["adam-dropout", "sgd-nesterov", "adam-augment", "adam-smoothing-batchnorm"],
 )
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_path, changes):
     changes = dict(changes)
@@ -281,7 +282,8 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_p
 @pytest.mark.parametrize(
     "settings, words",
     [
-        ({}, "3072-1024-512-10 (relu)"),
+        ({}, "3072-1024-512-10 (relu, batch norm)"),
+        ({"norm": "none"}, "3072-1024-512-10 (relu)"),
         ({"hidden": ()}, "3072-10"),
         ({"hidden": (256,), "blocks": 4, "norm": "layer", "activation": "gelu"},
          "3072-256-10, 4 residual blocks x4 (gelu, layer norm)"),
