@@ -49,7 +49,7 @@ def measure(model: str, backend: Any, data_dir: str | None, tta: bool | None = N
     try:
         network, meta = load(model, backend)
         try:
-            config = TrainConfig.from_dict(meta["config"])
+            config = TrainConfig.from_saved(meta["config"])
             saved_mean, saved_std = (np.asarray(meta["normalization"][k], dtype=np.float64) for k in ("mean", "std"))
             trained = (meta.get("results") or {}).get("test_accuracy")
             trained = None if trained is None else float(trained)

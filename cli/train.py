@@ -448,7 +448,7 @@ def resumed_config(folder: Path, ctx: click.Context) -> TrainConfig:
         raise click.BadParameter(f"no checkpoint to resume from: {path} does not exist", param_hint="'--resume'")
     try:
         _, meta = load(path, get_backend("cpu"))
-        config = TrainConfig.from_dict(meta["config"])
+        config = TrainConfig.from_saved(meta["config"])
     except (CheckpointError, KeyError, TypeError, ValueError) as exc:
         raise click.BadParameter(f"cannot resume from {path}: {exc}", param_hint="'--resume'") from exc
     if meta.get("results"):

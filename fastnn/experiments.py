@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from fastnn.checkpoint import write_atomic
-from fastnn.train import NORMS, EpochRecord, NonFiniteLoss, TrainConfig, run_training
+from fastnn.train import ADDED_LATER, NORMS, EpochRecord, NonFiniteLoss, TrainConfig, run_training
 
 RUN_FORMAT = "fastnn-experiment-run-1"
 # The numbers of RunResult.summary() that studies aggregate over seeds, in report order.
@@ -127,18 +127,9 @@ def quick(base: TrainConfig, settings: ExperimentSettings, keep: Collection[str]
     return dataclasses.replace(base, **config_changes), dataclasses.replace(settings, quick=True, **setting_changes)
 
 
-ADDED_LATER = {
-    "tf32": False,
-    "norm": "none",
-    "blocks": 0,
-    "expansion": 4,
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "mixup": 0.0,
-    "tta": False,
-}
-"""Settings added after studies were first recorded. At these defaults they are left out of a run's
-key, so that earlier records, which lack them, still match and keep their folder names."""
+# Settings added after studies were first recorded (fastnn.train.ADDED_LATER): at the value they had
+# before they existed they are left out of a run's key, so that earlier records, which lack them,
+# still match and keep their folder names.
 
 
 KEY_DEVICE = "cpu"
@@ -422,7 +413,7 @@ class RunRecord:
             raise ValueError(str(exc)) from exc
         if not isinstance(record.config, dict):
             raise ValueError("its config is not a table of settings")
-        TrainConfig.from_dict(record.config)
+        TrainConfig.from_saved(record.config)
         summary_ok = record.summary is None if record.status == "diverged" else (
             isinstance(record.summary, dict) and all(_number_or_none(record.summary.get(m, "")) for m in METRICS)
         )

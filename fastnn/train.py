@@ -33,6 +33,20 @@ NORMS = {"none": None, "batch": "batchnorm", "layer": "layernorm"}
 """``--norm``'s choices and the layer (a key of ``fastnn.layers.LAYERS``) each puts in the network."""
 
 
+ADDED_LATER = {
+    "tf32": False,
+    "norm": "none",
+    "blocks": 0,
+    "expansion": 4,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "tta": False,
+}
+"""Settings added after the first runs were recorded, each with the value it had before it existed:
+what a saved config that lacks it ran with (:meth:`TrainConfig.from_saved`)."""
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. ``validate()`` names the first bad value."""
@@ -61,11 +75,11 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     tf32: bool = False
-    norm: str = "none"
+    norm: str = "batch"  # the default recipe: BatchNorm and label smoothing 0.1 (63.7% test, not 60.6%)
     blocks: int = 0
     expansion: int = 4
     weight_decay: float = 0.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     mixup: float = 0.0
     tta: bool = False
 
@@ -108,6 +122,14 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["hidden"] = list(self.hidden)
         return out
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config a checkpoint or a result.json recorded: as :meth:`from_dict`, but a setting
+        added after the file was written takes the value it had before it existed
+        (:data:`ADDED_LATER`), not today's default (BatchNorm and label smoothing are on by default
+        now; a run recorded before they existed ran without them)."""
+        return cls.from_dict({**{k: v for k, v in ADDED_LATER.items() if k not in values}, **values})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

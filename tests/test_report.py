@@ -15,7 +15,8 @@ from fastnn.backend import get_backend
 from fastnn.experiments import ExperimentSettings, run_experiments
 from fastnn.train import EpochRecord, RunResult, TrainConfig
 
-BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False)
+BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False, norm="none",
+                   label_smoothing=0.0)
 
 
 def _split(seed=0):

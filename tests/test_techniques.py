@@ -125,8 +125,11 @@ def test_new_settings_round_trip_through_a_saved_config():
     config = TrainConfig(hidden=(64,), norm="batch", blocks=2, expansion=2, optimizer="adamw", weight_decay=0.01,
                          label_smoothing=0.1, mixup=0.8, tta=True)  # fmt: skip
     assert TrainConfig.from_dict(config.to_dict()) == config
-    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("norm", "blocks", "mixup", "tta")}
-    assert TrainConfig.from_dict(old) == TrainConfig()  # a checkpoint from before these settings
+    before = dict(norm="none", label_smoothing=0.0)  # defaults now, off before they existed
+    old = {k: v for k, v in TrainConfig(**before).to_dict().items() if k not in ("norm", "blocks", "mixup", "tta",
+                                                                                "label_smoothing")}
+    assert TrainConfig.from_saved(old) == TrainConfig(**before)  # a checkpoint from before these settings
+    assert TrainConfig.from_dict(old) == TrainConfig()  # a file of settings: what it lacks takes today's default
     with pytest.raises(ValueError, match="norm"):
         TrainConfig.from_dict({**config.to_dict(), "norm": 1})
 
