@@ -103,6 +103,15 @@ def _evaluate(model: Path, tta: bool) -> float:
     return float(ACCURACY.search(out.stdout).group(1))
 
 
+def _tested_with_flips(model: Path) -> bool:
+    """Whether the run's own final test averaged over flips (``--tta``, or ``tta = true`` in its config)."""
+    from fastnn.backend import get_backend
+    from fastnn.checkpoint import load
+
+    _, meta = load(model, get_backend("cpu"))
+    return bool(meta["config"].get("tta", False))
+
+
 def _record(seed: int, folder: Path, seconds: float, usage: Any, cores: set[int] | None) -> dict[str, Any]:
     text = (folder / f"seed-{seed}.log").read_text()
     match = ACCURACY.search(text)
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                  + (folder / f"seed-{seed}.log").read_text()[-2000:])
             record = _record(seed, folder, seconds, usage, cores)
             model = folder / f"seed-{seed}" / "model.npz"
-            used_tta = "--tta" in train_args
+            used_tta = _tested_with_flips(model)
             other = _evaluate(model, not used_tta)
             record["test_accuracy_tta" if not used_tta else "test_accuracy_no_tta"] = other
             if used_tta:
