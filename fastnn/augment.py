@@ -47,6 +47,16 @@ class Mixup:
         mixed_targets = lam * rows + (1.0 - lam) * xp.take(rows, partner, axis=0)
         return mixed_x, mixed_targets
 
+    def get_state(self) -> list:
+        """The host generator's state, JSON-able (a checkpoint's, for ``--resume``)."""
+        version, internal, gauss_next = self._host_rng.getstate()
+        return [version, list(internal), gauss_next]
+
+    def set_state(self, state: list) -> None:
+        """Continue from :meth:`get_state`'s state."""
+        version, internal, gauss_next = state
+        self._host_rng.setstate((version, tuple(internal), gauss_next))
+
     def __repr__(self) -> str:
         return f"Mixup(alpha={self.alpha})"
 

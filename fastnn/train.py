@@ -370,7 +370,7 @@ produce. Adam's bounded steps keep such a loss finite, so a NaN check alone miss
 class Progress:
     """How far a run got, with what the next epoch needs to continue it exactly: the optimizer's
     state (moments or momentum buffers, on the device, and its step count), the states of the
-    shuffling/augmentation and the dropout generators, and the divergence limit."""
+    shuffling/augmentation, dropout and mixup generators, and the divergence limit."""
 
     epochs_done: int
     optimizer_state: dict[str, Array]
@@ -378,6 +378,7 @@ class Progress:
     shuffle_rng: dict | None
     network_rng: dict | None
     loss_limit: float
+    mixup_rng: list | None = None  # mixup's host generator (None without mixup, and in older checkpoints)
 
     def meta(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-able (the checkpoint's ``progress``)."""
@@ -453,7 +454,7 @@ class Trainer:
             loss_limit = DIVERGENCE_FACTOR * float(net.loss(x[:sample, ...], y[:sample]))
             first_epoch = 0
         else:
-            if cfg.optimizer == "adam":
+            if hasattr(optimizer, "t"):  # Adam and AdamW: the step count of the bias corrections
                 optimizer.load_state_dict(resume.optimizer_state, resume.optimizer_steps)
             else:
                 optimizer.load_state_dict(resume.optimizer_state)
@@ -461,6 +462,8 @@ class Trainer:
                 rng.set_state(resume.shuffle_rng)
             if resume.network_rng is not None:
                 net.rng.set_state(resume.network_rng)
+            if mixup is not None and resume.mixup_rng is not None:
+                mixup.set_state(resume.mixup_rng)
             loss_limit, first_epoch = resume.loss_limit, resume.epochs_done
             self.progress = resume
         for epoch in range(first_epoch, cfg.epochs):
@@ -503,6 +506,7 @@ class Trainer:
                 rng.get_state(),
                 net.rng.get_state(),
                 loss_limit,
+                mixup.get_state() if mixup is not None else None,
             )
             if self.on_epoch:
                 self.on_epoch(record, net)

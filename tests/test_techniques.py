@@ -54,10 +54,11 @@ def _layer_types(network):
     return [type(layer).__name__ for _, layer in network.named_layers()]
 
 
-def test_the_default_network_is_the_plain_one_with_the_same_weights():
-    """Existing recipes train the network they always did: same layers, same initial weights."""
+def test_without_norm_or_blocks_the_network_is_the_plain_one_with_the_same_weights():
+    """Recipes without the newer layers (``--norm none``, the default before BatchNorm) train the
+    network they always did: same layers, same initial weights."""
     backend = get_backend("cpu")
-    network = TrainConfig().make_network(backend, 3072, 10)
+    network = TrainConfig(norm="none").make_network(backend, 3072, 10)
     plain = Network([3072, 1024, 512, 10], "relu", backend=backend, seed=0)
     assert "sizes" in network.architecture() and _layer_types(network) == _layer_types(plain)
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(network.parameters(), plain.parameters()))

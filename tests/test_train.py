@@ -251,8 +251,10 @@ class _Stop(Exception):
         dict(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.05, schedule="cosine"),
         dict(optimizer="adam", augment=True, features=3072),
         dict(optimizer="adam", label_smoothing=0.1, norm="batch"),
+        dict(optimizer="adamw", weight_decay=0.01),
+        dict(optimizer="adam", mixup=0.4),
     ],
-    ids=["adam-dropout", "sgd-nesterov", "adam-augment", "adam-smoothing-batchnorm"],
+    ids=["adam-dropout", "sgd-nesterov", "adam-augment", "adam-smoothing-batchnorm", "adamw", "adam-mixup"],
 )
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_path, changes):
     changes = dict(changes)
