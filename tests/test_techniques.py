@@ -71,7 +71,8 @@ def test_without_norm_or_blocks_the_network_is_the_plain_one_with_the_same_weigh
         ({"norm": "layer", "activation": "gelu", "dropout": 0.1}, ["Dense", "LayerNorm", "GELU", "Dropout", "Dense"]),
         ({"blocks": 2, "expansion": 2, "norm": "layer", "activation": "gelu"},
          ["Dense"] + ["Residual", "LayerNorm", "Dense", "GELU", "Dense"] * 2 + ["Dense"]),
-        ({"blocks": 1}, ["Dense", "Residual", "Dense", "ReLU", "Dense", "Dense"]),
+        ({"blocks": 1, "norm": "none"}, ["Dense", "Residual", "Dense", "ReLU", "Dense", "Dense"]),
+        ({"blocks": 1}, ["Dense", "Residual", "BatchNorm", "Dense", "ReLU", "Dense", "Dense"]),
     ],
 )  # fmt: skip
 def test_make_network_builds_the_layers_asked_for(changes, layers):
