@@ -103,7 +103,9 @@ def test_train_logs_what_metrics_jsonl_holds(tmp_path, tiny_data):
         for tag, key in logged:
             assert scalars[tag, row["epoch"]] == pytest.approx(row[key], rel=1e-6)
         layers = {tag for tag, step in histograms if step == row["epoch"]}
-        assert layers == {"weights/0.W", "weights/0.b", "weights/2.W", "weights/2.b"}
+        # Dense 0, BatchNorm 1 (its gain and bias are trained too), ReLU 2, Dense 3
+        assert layers == {"weights/0.W", "weights/0.b", "weights/1.gain", "weights/1.bias", "weights/3.W",
+                          "weights/3.b"}
     assert ("accuracy/test", 2) in scalars
 
 
