@@ -11,7 +11,7 @@ from fastnn.checkpoint import write_atomic_set
 from fastnn.report import ReportError, require_matplotlib
 from fastnn_cli.common import console, data_dir_option, device_option, err_console, resolve_backend
 from fastnn_cli.evaluate import measure
-from fastnn_cli.train import check_out_dir
+from fastnn_cli.options import check_out_dir
 
 
 @click.command()

@@ -87,7 +87,7 @@ def test_bad_config_files_are_refused(no_data, tmp_path, toml, message):
 
 @pytest.mark.parametrize("value", ["none", "None"])
 def test_a_linear_model_is_asked_for_by_name(value):
-    from fastnn_cli.train import SizeList
+    from fastnn_cli.options import SizeList
 
     assert SizeList().convert(value, None, None) == ()
 
@@ -208,11 +208,11 @@ def test_a_network_too_large_for_memory_is_refused_before_the_data_is_loaded(no_
 
 
 def test_the_memory_check_uses_the_memory_free_here(no_data, tmp_path, monkeypatch):
-    import fastnn_cli.train as train_command
+    import fastnn_cli.options as options
 
-    monkeypatch.setattr(train_command, "free_memory", lambda: 2**30)
+    monkeypatch.setattr(options, "free_memory", lambda: 2**30)
     # 3072*1000 + 1000 + 1000*10 + 10 = 3,083,010 parameters, 47 MiB: fits; 100 times wider does not.
-    assert train_command.check_network_fits(None, None, (1000,)) == (1000,)
+    assert options.check_network_fits(None, None, (1000,)) == (1000,)
     config = tmp_path / "run.toml"
     config.write_text("hidden = [100000]\n")
     error = one_line_error(run("train", "--config", str(config), "--device", "cpu"), 2)
