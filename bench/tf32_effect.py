@@ -24,9 +24,10 @@ import numpy as np
 from bench.harness import positive_int, writable_file
 from fastnn.backend import get_backend
 from fastnn.checkpoint import write_atomic
+from fastnn.config import TrainConfig
 from fastnn.data import DataError, load_cifar10, prepare
 from fastnn.layers import Dense
-from fastnn.train import TrainConfig, Trainer, evaluate
+from fastnn.train import Trainer, evaluate
 
 
 def to_tf32(a: np.ndarray) -> np.ndarray:

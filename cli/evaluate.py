@@ -11,9 +11,10 @@ from rich import box
 from rich.table import Column, Table
 
 from fastnn.checkpoint import CheckpointError, damaged, load
+from fastnn.config import TrainConfig
 from fastnn.data.cifar10 import PIXELS
 from fastnn.network import Network
-from fastnn.train import TrainConfig, evaluate
+from fastnn.train import evaluate
 from fastnn_cli.common import console, data_dir_option, device_option, load_split, resolve_backend
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from fastnn.config import NORMS
 from fastnn.experiments import (
     OPTIONAL_STUDIES,
     ExperimentError,
@@ -23,7 +24,6 @@ from fastnn.experiments import (
 )
 from fastnn.report import ReportError, require_matplotlib, write_report
 from fastnn.tensorboard import TensorBoardReporter
-from fastnn.train import NORMS
 from fastnn_cli.common import TrainingDisplay, console, load_split, note_ignored_options, resolve_backend
 from fastnn_cli.options import FiniteRange, check_out_dir, check_split_sizes, config_from_options, training_options
 from fastnn_cli.tensorboard import check_tensorboard, tensorboard_option

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import click
 
+from fastnn.config import NORMS, TrainConfig
 from fastnn.data.cifar10 import CLASS_NAMES, IMAGES_PER_BATCH, PIXELS, TRAIN_BATCHES, SplitError, check_split
 from fastnn.layers import ACTIVATIONS
 from fastnn.optimizers import OPTIMIZERS
 from fastnn.schedules import SCHEDULES
-from fastnn.train import NORMS, TrainConfig
 from fastnn_cli.common import data_dir_option
 
 DEFAULTS = TrainConfig()

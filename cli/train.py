@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from fastnn.config import TrainConfig
 from fastnn.tensorboard import TensorBoardLogger
-from fastnn.train import NonFiniteLoss, TrainConfig, run_training
+from fastnn.train import NonFiniteLoss, run_training
 from fastnn_cli.common import (
     TrainingDisplay,
     console,

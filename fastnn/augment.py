@@ -2,8 +2,9 @@
 
 ``Mixup`` blends pairs of examples and their targets (Zhang et al., 2018); the loss takes the soft
 targets it makes (:class:`fastnn.losses.SoftmaxCrossEntropy`). ``flip_averaged_probabilities``
-averages a network's class probabilities over each image and its mirror image. Random flips and
-shifts in training are ``fastnn.train.augment_images``.
+averages a network's class probabilities over each image and its mirror image. ``augment_images``
+makes the random flips and shifts of training (a random crop of the image padded by ``shift``
+pixels of the mean colour: the usual "random crop with padding" of CIFAR-10).
 
 Like the math core, nothing here imports NumPy or CuPy.
 """
@@ -83,3 +84,37 @@ def flip_averaged_probabilities(network: Any, x: Array, batch_size: int = 2000) 
     if not parts:
         return xp.zeros((0, network.n_classes), dtype=x.dtype, device=device(x))
     return xp.concat(parts)
+
+
+def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
+    """Random horizontal flips and random shifts of up to ``shift`` pixels of CIFAR rows, on the device.
+
+    ``x`` is (batch, 3072): three 32x32 planes per row. Output pixel (r, c) of an image is input
+    pixel (r + dy, c' + dx) with c' = c or 31 - c (flipped), dy, dx uniform in [-shift, shift], and 0
+    where that falls outside the image; 0 is the mean colour, as the inputs are standardised per
+    channel. Both are done by one gather with computed indices, the cheapest form on every backend.
+    """
+    xp = namespace(x)
+    batch, dev = x.shape[0], device(x)
+    pixel = xp.arange(32, device=dev)
+    flip = rng.uniform((batch,), dtype="float32") < 0.5
+    cols = xp.where(flip[:, None], 31 - pixel[None, :], pixel[None, :])  # (batch, 32)
+    cols = cols + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
+    rows = pixel[None, :] + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
+    inside = ((rows >= 0) & (rows < 32))[:, :, None] & ((cols >= 0) & (cols < 32))[:, None, :]  # (batch, 32, 32)
+    # minimum/maximum, not clip: array-api-compat's clip for CuPy assigns through boolean masks, and
+    # each of those reads a count back from the device
+    source = xp.minimum(xp.maximum(rows, 0), 31)[:, :, None] * 32 + xp.minimum(xp.maximum(cols, 0), 31)[:, None, :]
+    offsets = xp.arange(batch, device=dev)[:, None, None, None] * 3072 + xp.arange(3, device=dev)[:, None, None] * 1024
+    index = xp.reshape(offsets + source[:, None, :, :], (-1,))  # (batch * 3072,) positions in x
+    pixels = xp.reshape(xp.take(xp.reshape(x, (-1,)), index), (batch, 3, 32, 32))
+    return xp.reshape(xp.where(inside[:, None, :, :], pixels, 0.0), (batch, 3072))
+
+
+def check_augmentable(width: int) -> None:
+    """Augmentation is for CIFAR-10's images: rows of 3 x 32 x 32 values."""
+    if width != 3 * 32 * 32:
+        raise ValueError(
+            f"augmentation flips and shifts 32x32 colour images (3072 values), but the inputs have "
+            f"{width}; turn it off (--no-augment, augment=False)"
+        )

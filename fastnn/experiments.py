@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from fastnn.checkpoint import write_atomic
-from fastnn.train import ADDED_LATER, NORMS, EpochRecord, NonFiniteLoss, TrainConfig, run_training
+from fastnn.config import ADDED_LATER, NORMS, TrainConfig
+from fastnn.train import EpochRecord, NonFiniteLoss, run_training
 
 RUN_FORMAT = "fastnn-experiment-run-1"
 # The numbers of RunResult.summary() that studies aggregate over seeds, in report order.

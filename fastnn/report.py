@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fastnn.checkpoint import write_atomic_set
+from fastnn.config import TrainConfig
 from fastnn.experiments import Arm, ExperimentResult, Study, schedule_text
-from fastnn.train import TrainConfig
 
 FORMAT = "fastnn-experiments-1"
 PLOTS_HINT = "matplotlib is needed for curves.png and report.pdf: pip install matplotlib"

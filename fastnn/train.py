@@ -4,8 +4,8 @@ Per epoch the training set is shuffled on the device and sliced into batches the
 the number of correct predictions are summed on the device and read back once, at the end of the
 epoch, together with the validation metrics. Nothing in the batch loop waits for the device.
 
-``TrainConfig`` holds every setting of a run (the CLI and the TOML config file fill it);
-``Trainer`` runs it; ``train_epoch`` is the batch loop alone (the benchmark times it).
+``Trainer`` runs a :class:`fastnn.config.TrainConfig` (every setting of a run); ``train_epoch`` is
+the batch loop alone (the benchmark times it). Augmentation is in :mod:`fastnn.augment`.
 """
 
 from __future__ import annotations
@@ -19,236 +19,19 @@ from typing import Any
 
 from array_api_compat import device
 
-from fastnn.augment import Mixup, flip_averaged_probabilities
+from fastnn.augment import Mixup, augment_images, check_augmentable, flip_averaged_probabilities
 from fastnn.backend import namespace
-from fastnn.layers import ACTIVATIONS
+from fastnn.config import ADDED_LATER, NORMS, TrainConfig
 from fastnn.losses import SoftmaxCrossEntropy
-from fastnn.network import Network, bottleneck_spec, count_correct, mlp_spec
-from fastnn.optimizers import OPTIMIZERS, check_lr
-from fastnn.schedules import SCHEDULES, Schedule, make_schedule
+from fastnn.network import Network, count_correct
+from fastnn.optimizers import check_lr
+
+__all__ = [  # TrainConfig and the augmentation moved out; their old import paths still work
+    "ADDED_LATER", "NORMS", "TrainConfig", "augment_images", "check_augmentable", "Trainer", "train_epoch",
+    "evaluate", "run_training", "RunResult", "EpochRecord", "Progress", "NonFiniteLoss", "load_progress",
+]  # fmt: skip
 
 Array = Any
-
-NORMS = {"none": None, "batch": "batchnorm", "layer": "layernorm"}
-"""``--norm``'s choices and the layer (a key of ``fastnn.layers.LAYERS``) each puts in the network."""
-
-
-ADDED_LATER = {
-    "tf32": False,
-    "norm": "none",
-    "blocks": 0,
-    "expansion": 4,
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "mixup": 0.0,
-    "tta": False,
-}
-"""Settings added after the first runs were recorded, each with the value it had before it existed:
-what a saved config that lacks it ran with (:meth:`TrainConfig.from_saved`)."""
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run. ``validate()`` names the first bad value."""
-
-    hidden: tuple[int, ...] = (1024, 512)
-    activation: str = "relu"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    l2: float = 0.0
-    schedule: str = "exp"
-    decay: float = 0.05
-    step_size: int = 10
-    gamma: float = 0.1
-    warmup: int = 0
-    epochs: int = 40
-    batch_size: int = 256
-    dropout: float = 0.0
-    augment: bool = True
-    shift: int = 2
-    seed: int = 0
-    validation: int = 5000
-    split_seed: int = 0
-    subset: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    tf32: bool = False
-    norm: str = "batch"  # the default recipe: BatchNorm and label smoothing 0.1 (63.7% test, not 60.6%)
-    blocks: int = 0
-    expansion: int = 4
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    tta: bool = False
-
-    def validate(self) -> None:
-        problems = [
-            (any(h < 1 for h in self.hidden), f"hidden sizes must be positive integers, got {list(self.hidden)}"),
-            (self.activation not in ACTIVATIONS,
-             f"unknown activation {self.activation!r}; choose {_names(ACTIVATIONS)}"),
-            (self.optimizer not in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose {_names(OPTIMIZERS)}"),
-            (not self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
-            (not 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.l2 < 0, f"l2 must be >= 0, got {self.l2}"),
-            (self.schedule not in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {_names(SCHEDULES)}"),
-            (self.decay < 0, f"decay must be >= 0, got {self.decay}"),
-            (self.epochs < 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (not 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.validation < 0, f"validation size must be >= 0, got {self.validation}"),
-            (self.seed < 0 or self.split_seed < 0, f"seeds must be >= 0, got {self.seed} and {self.split_seed}"),
-            (not 0 <= self.shift <= 16, f"shift must be in [0, 16] pixels, got {self.shift}"),
-            (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
-            (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
-            (self.norm not in NORMS, f"unknown norm {self.norm!r}; choose {_names(NORMS)}"),
-            (self.blocks < 0 or self.expansion < 1, f"blocks must be >= 0 and expansion >= 1, got {self.blocks}, "
-             f"{self.expansion}"),
-            (self.blocks > 0 and len(self.hidden) != 1, f"residual blocks (--blocks) have one width: give one "
-             f"hidden size (e.g. --hidden 512), got {list(self.hidden)}"),
-            (self.blocks > 0 and self.dropout > 0, "dropout acts in the plain MLP only; use --dropout 0 with --blocks"),
-            (not 0 <= self.weight_decay < math.inf, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.weight_decay > 0 and self.optimizer != "adamw", f"weight decay is AdamW's (--optimizer adamw); "
-             f"{self.optimizer} takes L2 (--l2)"),
-            (not 0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (not 0 <= self.mixup < math.inf, f"mixup alpha must be >= 0 (0 for none), got {self.mixup}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
-
-    @classmethod
-    def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
-        """The config a checkpoint or a result.json recorded: as :meth:`from_dict`, but a setting
-        added after the file was written takes the value it had before it existed
-        (:data:`ADDED_LATER`), not today's default (BatchNorm and label smoothing are on by default
-        now; a run recorded before they existed ran without them)."""
-        return cls.from_dict({**{k: v for k, v in ADDED_LATER.items() if k not in values}, **values})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """The config saved as ``values`` (JSON of a checkpoint or a result.json), checked: a value of
-        the wrong kind (``"5000"``, ``1.5`` for a count) or out of range is a ValueError naming it."""
-        defaults = cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        for name, value in values.items():
-            if not _same_kind(value, getattr(defaults, name)):
-                raise ValueError(f"setting {name} = {value!r} is not a value of its kind")
-        values = dict(values)
-        if "hidden" in values:
-            values["hidden"] = tuple(values["hidden"])
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def make_network(self, backend: Any, n_inputs: int, n_classes: int) -> Network:
-        """The plain ``Network(sizes, activation)`` (the original recipe, same weights), or a network
-        from layer specs when ``norm`` or ``blocks`` ask for layers it does not have."""
-        sizes, norm = [n_inputs, *self.hidden, n_classes], NORMS[self.norm]
-        common = {"backend": backend, "l2": self.l2, "seed": self.seed, "dtype": self.dtype,
-                  "label_smoothing": self.label_smoothing}
-        if self.blocks:
-            spec = bottleneck_spec(n_inputs, self.hidden[0], self.blocks, n_classes, expansion=self.expansion,
-                                   norm=norm, activation=self.activation)
-        elif norm:
-            spec = mlp_spec(sizes, self.activation, norm=norm, dropout=self.dropout)
-        else:
-            return Network(sizes, self.activation, dropout=self.dropout, **common)
-        return Network(spec=spec, **common)
-
-    def describe(self, n_inputs: int = 3072, n_classes: int = 10) -> str:
-        """The network in a few words, e.g. ``3072-1024-512-10 (relu)`` or
-        ``3072-256-10, 4 residual blocks x4 (gelu, layer norm)``."""
-        sizes = "-".join(map(str, (n_inputs, *self.hidden, n_classes)))
-        plural = "s" if self.blocks != 1 else ""
-        blocks = f", {self.blocks} residual block{plural} x{self.expansion}" if self.blocks else ""
-        norm = f", {self.norm} norm" if self.norm != "none" else ""
-        return f"{sizes}{blocks} ({self.activation}{norm})" if self.hidden else sizes
-
-    def make_optimizer(self) -> Any:
-        settings = {
-            "sgd": {"momentum": self.momentum, "nesterov": self.nesterov and self.momentum > 0},
-            "adamw": {"weight_decay": self.weight_decay},
-        }
-        return OPTIMIZERS[self.optimizer](**settings.get(self.optimizer, {}))
-
-    def make_mixup(self) -> Mixup | None:
-        """Mixup of the training batches, or None; its host generator is seeded from ``seed``."""
-        return Mixup(self.mixup, seed=self.seed) if self.mixup else None
-
-    def make_schedule(self) -> Schedule:
-        return make_schedule(
-            self.schedule,
-            self.lr,
-            decay=self.decay,
-            epochs=self.epochs,
-            step_size=self.step_size,
-            gamma=self.gamma,
-            warmup=self.warmup,
-        )
-
-
-def _names(registry: dict[str, Any]) -> str:
-    return ", ".join(registry)
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    """Whether a saved setting is of the kind of its default: a whole number for a count (``subset``
-    may also be None), any number for a float, a list of whole numbers for ``hidden``."""
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return whole or isinstance(value, float)
-    if isinstance(default, int) or default is None:
-        return whole or (default is None and value is None)
-    if isinstance(default, tuple):
-        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    return isinstance(value, type(default))
-
-
-def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
-    """Random horizontal flips and random shifts of up to ``shift`` pixels of CIFAR rows, on the device.
-
-    ``x`` is (batch, 3072): three 32x32 planes per row. Output pixel (r, c) of an image is input
-    pixel (r + dy, c' + dx) with c' = c or 31 - c (flipped), dy, dx uniform in [-shift, shift], and 0
-    where that falls outside the image; 0 is the mean colour, as the inputs are standardised per
-    channel. Both are done by one gather with computed indices, the cheapest form on every backend.
-    """
-    xp = namespace(x)
-    batch, dev = x.shape[0], device(x)
-    pixel = xp.arange(32, device=dev)
-    flip = rng.uniform((batch,), dtype="float32") < 0.5
-    cols = xp.where(flip[:, None], 31 - pixel[None, :], pixel[None, :])  # (batch, 32)
-    cols = cols + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
-    rows = pixel[None, :] + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
-    inside = ((rows >= 0) & (rows < 32))[:, :, None] & ((cols >= 0) & (cols < 32))[:, None, :]  # (batch, 32, 32)
-    # minimum/maximum, not clip: array-api-compat's clip for CuPy assigns through boolean masks, and
-    # each of those reads a count back from the device
-    source = xp.minimum(xp.maximum(rows, 0), 31)[:, :, None] * 32 + xp.minimum(xp.maximum(cols, 0), 31)[:, None, :]
-    offsets = xp.arange(batch, device=dev)[:, None, None, None] * 3072 + xp.arange(3, device=dev)[:, None, None] * 1024
-    index = xp.reshape(offsets + source[:, None, :, :], (-1,))  # (batch * 3072,) positions in x
-    pixels = xp.reshape(xp.take(xp.reshape(x, (-1,)), index), (batch, 3, 32, 32))
-    return xp.reshape(xp.where(inside[:, None, :, :], pixels, 0.0), (batch, 3072))
-
-
-def check_augmentable(width: int) -> None:
-    """Augmentation is for CIFAR-10's images: rows of 3 x 32 x 32 values."""
-    if width != 3 * 32 * 32:
-        raise ValueError(
-            f"augmentation flips and shifts 32x32 colour images (3072 values), but the inputs have "
-            f"{width}; turn it off (--no-augment, augment=False)"
-        )
-
 
 def check_data(network: Network, x: Array, y: Array, batch_size: int) -> None:
     """Refuse what would otherwise train or measure quietly wrong: a label count that differs from

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastnn.train import TrainConfig
+from fastnn.config import TrainConfig
 
 # Settings that shape the data every trial must share, or that choose the machine: fixed only.
 NOT_TUNABLE = ("validation", "split_seed", "subset", "device", "dtype")

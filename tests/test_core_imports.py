@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 CORE = ["layers.py", "losses.py", "regularizers.py", "optimizers.py", "schedules.py", "network.py", "augment.py"]
+SETTINGS = ["config.py"]  # the run settings: above the core, but still free of numpy and cupy
 ROOT = Path(__file__).resolve().parents[1] / "fastnn"
 
 
-@pytest.mark.parametrize("module", CORE)
+@pytest.mark.parametrize("module", CORE + SETTINGS)
 def test_core_module_imports_neither_numpy_nor_cupy(module):
     tree = ast.parse((ROOT / module).read_text())
     imported = set()
@@ -19,3 +20,15 @@ def test_core_module_imports_neither_numpy_nor_cupy(module):
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"numpy", "cupy"}, f"{module} imports {imported & {'numpy', 'cupy'}}"
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_imports_only_the_core_and_the_backend(module):
+    """Layers: the math core sits below the run settings (config), the training loop, the data and
+    the command line, so that it can be read, and used, without them."""
+    tree = ast.parse((ROOT / module).read_text())
+    allowed = {"fastnn.backend"} | {f"fastnn.{name.removesuffix('.py')}" for name in CORE}
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    outside = {name for name in imported if name.startswith("fastnn") and name not in allowed}
+    assert not outside, f"{module} imports {outside}"

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from _util import synthetic_split
 
+from fastnn.augment import augment_images
 from fastnn.checkpoint import load
-from fastnn.train import NonFiniteLoss, TrainConfig, augment_images, evaluate, run_training
+from fastnn.config import TrainConfig
+from fastnn.train import NonFiniteLoss, evaluate, run_training
 
 
 def _split(**kwargs):
