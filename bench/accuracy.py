@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -189,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds_max": max(r["wall_seconds"] for r in records),
     }
     document = {
-        "command": "python -m bench.accuracy " + " ".join(argv),
+        "command": "python -m bench.accuracy " + shlex.join(argv),
         "label": args.label,
-        "train_command": "fastnn train " + " ".join(train_args) + " --seed S",
+        "train_command": "fastnn train " + shlex.join(train_args) + " --seed S",
         "started": started_at,
         "machine": {
             "cpu": cpu_model(),
