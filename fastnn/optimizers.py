@@ -116,7 +116,8 @@ class Adam:
         self._fused_steps: dict[str, Any] = {}
 
     def step(self, entries: Entries, lr: float) -> None:
-        lr = check_lr(lr)
+        lr, entries = check_lr(lr), list(entries)
+        self.decay_weights(entries, lr)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         correction1 = 1.0 - b1**self.t
@@ -139,6 +140,9 @@ class Adam:
             v *= b2
             v += (1.0 - b2) * (grad * grad)
             param -= step_size * m / (xp.sqrt(v) + eps_hat)
+
+    def decay_weights(self, entries: list, lr: float) -> None:
+        """Adam decays nothing itself (its L2 is in the gradient); AdamW decouples its decay here."""
 
     def state_dict(self) -> dict[str, Array]:
         state = {f"m.{k}": a for k, a in self.m.items()}
@@ -175,13 +179,12 @@ class AdamW(Adam):
         super().__init__(beta1, beta2, eps, fused)
         self.weight_decay = float(weight_decay)
 
-    def step(self, entries: Entries, lr: float) -> None:
-        lr, entries = check_lr(lr), list(entries)
+    def decay_weights(self, entries: list, lr: float) -> None:
+        """``p <- p * (1 - lr * weight_decay)`` for weight matrices, before Adam's update."""
         if self.weight_decay:
             for _, param, _ in entries:
                 if param.ndim >= 2:
                     param *= 1.0 - lr * self.weight_decay
-        super().step(entries, lr)
 
     def __repr__(self) -> str:
         return f"AdamW(weight_decay={self.weight_decay}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
