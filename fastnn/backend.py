@@ -349,7 +349,9 @@ def fused_adam_step(xp: Any) -> AdamStep | None:
     if is_numpy_namespace(xp):
         return _numpy_adam_step()
     if is_cupy_namespace(xp):
-        return _cupy_adam_step()
+        from fastnn import kernels_cuda  # imports CuPy, which only a CuPy array's namespace may
+
+        return kernels_cuda.adam_step()
     return None
 
 
@@ -374,36 +376,3 @@ def fused_sgd_step(xp: Any) -> SGDStep | None:
 
         return kernels_cpu.sgd_step()
     return None
-
-
-_cupy_adam_kernel = None
-
-
-def _cupy_adam_step() -> AdamStep:
-    """One CUDA kernel per parameter: reads param, grad, m, v once and writes param, m, v once.
-
-    ``1 - beta1`` and ``1 - beta2`` come in as scalars worked out on the host in double precision, as
-    the NumPy path has them: in float32 inside the kernel, ``1 - float32(0.999)`` is 0.00099998713,
-    1.3e-5 off, against 0.0010000000475 for the rounded exact complement.
-    """
-    global _cupy_adam_kernel
-    import cupy
-
-    if _cupy_adam_kernel is None:
-        _cupy_adam_kernel = cupy.ElementwiseKernel(
-            "T grad, T beta1, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T eps_hat",
-            "T param, T m, T v",
-            """
-            m = beta1 * m + one_minus_beta1 * grad;
-            v = beta2 * v + one_minus_beta2 * (grad * grad);
-            param -= step_size * m / (sqrt(v) + eps_hat);
-            """,
-            "fastnn_adam",
-        )
-
-    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
-        scalar = param.dtype.type  # typed scalars, so that T is the parameter's dtype
-        betas = scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2)
-        _cupy_adam_kernel(grad, *betas, scalar(step_size), scalar(eps_hat), param, m, v)
-
-    return step

@@ -125,14 +125,14 @@ def test_cupy_adam_kernel_rounds_like_the_numpy_path(monkeypatch):
     """The fused CuPy kernel's float32 arithmetic, emulated on the host, against Adam's formula on
     NumPy: four steps of the trajectory that ``test_fused_adam_matches_the_formula`` uses, to its
     float32 tolerance. ``1 - beta2`` worked out in float32 inside the kernel is 1.3e-5 off and fails."""
-    import fastnn.backend as backend_module
+    import fastnn.kernels_cuda as kernels_cuda
     import fastnn.optimizers as optimizers
     from fastnn.optimizers import Adam
 
     fake_cupy = types.SimpleNamespace(ElementwiseKernel=_EmulatedElementwiseKernel)
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr(backend_module, "_cupy_adam_kernel", None)
-    monkeypatch.setattr(optimizers, "fused_adam_step", lambda xp: backend_module._cupy_adam_step())
+    monkeypatch.setattr(kernels_cuda, "_adam_kernel", None)
+    monkeypatch.setattr(optimizers, "fused_adam_step", lambda xp: kernels_cuda.adam_step())
 
     def trajectory(fused):
         rng = np.random.default_rng(0)

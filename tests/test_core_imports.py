@@ -47,3 +47,30 @@ def test_the_data_and_the_atomic_writes_sit_below_the_network():
     assert {"fastnn.data", "fastnn.data.cifar10", "fastnn.atomic"} <= loaded
     above = loaded & {"fastnn.network", "fastnn.checkpoint"}
     assert not above, f"importing fastnn.data and fastnn.atomic loads {sorted(above)}"
+
+
+def test_importing_fastnn_never_imports_cupy():
+    """CuPy is imported only once a GPU is asked for (fastnn.backend, fastnn.kernels_cuda): importing any
+    module of fastnn asks no finder for it, so that a broken CUDA install cannot break a CPU run."""
+    code = """
+import importlib, pkgutil, sys
+import fastnn
+
+class Watch:
+    asked = []
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cupy":
+            Watch.asked.append(name)
+        return None
+
+sys.meta_path.insert(0, Watch())
+sys.modules.pop("cupy", None)
+for module in pkgutil.walk_packages(fastnn.__path__, "fastnn."):
+    try:
+        importlib.import_module(module.name)
+    except ImportError:  # an extra that is not installed here (numba, optuna); CuPy, Watch has seen
+        pass
+print(" ".join(Watch.asked))
+"""
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert run.stdout.split() == [], f"importing fastnn asked for {run.stdout.split()}"
