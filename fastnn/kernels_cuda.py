@@ -7,7 +7,7 @@ gradient and moments once and writes parameter and moments once. This is the GPU
 
 The formulas, and the reference this kernel is tested against, are those of
 :mod:`fastnn.optimizers` (``Adam(fused=False)``); :mod:`fastnn.backend` hands the kernel out for
-CuPy arrays (``fused_adam_step``). SGD has no kernel here: on CuPy it runs as written.
+CuPy arrays (``CupyBackend.fused_adam_step``). SGD has no kernel here: on CuPy it runs as written.
 
 Only :mod:`fastnn.backend` imports this module, and only once a CuPy backend asks for a fused step,
 so that importing fastnn never imports CuPy; CuPy itself is imported when the kernel is first made.

@@ -208,7 +208,7 @@ def test_set_tf32_only_where_the_gpu_has_tf32(monkeypatch, capability, has_tf32)
 
     calls = []
     monkeypatch.setattr(backend_module, "_cupy_set_tf32", calls.append)
-    gpu = backend_module.Backend("cupy", _fake_cupy_with_a_gpu(compute_capability=capability))
+    gpu = backend_module.CupyBackend(_fake_cupy_with_a_gpu(compute_capability=capability))
     assert gpu.set_tf32(True) is has_tf32
     assert calls == ([True] if has_tf32 else [])
 
@@ -219,3 +219,12 @@ def test_asarray_copies_unless_told_the_data_is_only_read():
     assert not np.shares_memory(cpu.asarray(host, "float32"), host)
     assert np.shares_memory(cpu.asarray(host, "float32", copy=False), host)  # training data: no second copy
     assert not np.shares_memory(cpu.asarray(host, "float64", copy=False), host)  # another dtype is a new array
+
+
+def test_one_class_per_backend_with_its_name_as_a_label():
+    from fastnn.backend import NumpyBackend, StrictBackend
+
+    cpu, strict = get_backend("cpu"), get_backend("strict")
+    assert type(cpu) is NumpyBackend and cpu.name == "numpy" and cpu == NumpyBackend()
+    assert type(strict) is StrictBackend and strict.name == "strict"
+    assert cpu.fused_adam_step() is not None and strict.fused_adam_step() is None
