@@ -23,7 +23,7 @@ from bench.harness import (
 )
 from bench.report import LoadMeter, machine_info, markdown_table, print_report
 from bench.torch_peer import TorchRunner, cuda_status, torch, torch_status
-from fastnn.checkpoint import write_atomic
+from fastnn.atomic import write_atomic
 
 
 def _usable_cores() -> int:

@@ -35,7 +35,7 @@ from typing import Any
 from bench.harness import positive_int, writable_file
 from bench.report import blas, cpu_model
 from fastnn import kernels_cpu
-from fastnn.checkpoint import write_atomic
+from fastnn.atomic import write_atomic
 
 ACCURACY = re.compile(r"test accuracy ([0-9.]+)%")
 

@@ -33,9 +33,9 @@ from bench.harness import cpu_threads, initial_weights, positive_int, positive_i
 from bench.report import LoadMeter, blas, cpu_model
 from bench.torch_peer import torch
 from fastnn import kernels_cpu
+from fastnn.atomic import write_atomic
 from fastnn.augment import augment_images
 from fastnn.backend import get_backend
-from fastnn.checkpoint import write_atomic
 from fastnn.layers import Dense
 from fastnn.network import Network, count_correct
 from fastnn.optimizers import Adam

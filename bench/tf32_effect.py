@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from bench.harness import positive_int, writable_file
+from fastnn.atomic import write_atomic
 from fastnn.backend import get_backend
-from fastnn.checkpoint import write_atomic
 from fastnn.config import TrainConfig
 from fastnn.data import DataError, load_cifar10, prepare
 from fastnn.layers import Dense

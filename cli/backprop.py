@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from fastnn.atomic import write_atomic
 from fastnn.backprop import (
     MAX_FILE_BYTES,
     MAX_PARAMETERS,
@@ -22,7 +23,6 @@ from fastnn.backprop import (
     render_text,
     trace,
 )
-from fastnn.checkpoint import write_atomic
 
 
 class BadInput(click.ClickException):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from fastnn.checkpoint import write_atomic_set
+from fastnn.atomic import write_atomic_set
 from fastnn.report import ReportError, require_matplotlib
 from fastnn_cli.common import console, data_dir_option, device_option, err_console, resolve_backend
 from fastnn_cli.evaluate import measure

@@ -39,7 +39,7 @@ class Mixup:
 
     def __call__(self, x: Array, targets: Array, n_classes: int, rng: Any) -> tuple[Array, Array]:
         """Mixed inputs (batch, features) and target rows (batch, n_classes) for ``x`` and ``targets``
-        (labels (batch,) or probability rows); ``rng`` is a :class:`fastnn.backend.DeviceRNG`."""
+        (labels (batch,) or probability rows); ``rng`` is a :class:`fastnn.rng.DeviceRNG`."""
         xp = namespace(x)
         lam = self._host_rng.betavariate(self.alpha, self.alpha)
         rows = targets if targets.ndim == 2 else one_hot(targets, n_classes, x.dtype)

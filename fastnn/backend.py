@@ -1,11 +1,18 @@
 """The one place where the array namespace ``xp`` is chosen.
 
-A :class:`Backend` bundles a namespace (NumPy, CuPy, or ``array_api_strict`` on a simulated
-non-CPU device) with the few things the rest of fastnn needs from it: putting host data on the
-device, bringing results back, random numbers made on the device, and a synchronisation point for
-honest timing. Everything else in fastnn is written once against ``backend.xp``.
+A :class:`Backend` bundles a namespace with the device its arrays live on and the few things the
+rest of fastnn needs from it: putting host data on the device, bringing results back, random
+numbers made on the device (:mod:`fastnn.rng`), a synchronisation point for honest timing, and the
+optimizers' fused updates where the namespace has them. Everything else in fastnn is written once
+against ``backend.xp``.
 
-``get_backend("auto" | "cpu" | "gpu" | "strict")`` resolves a name to a backend.
+One subclass per namespace holds what differs, so that no other code asks which one it has:
+:class:`NumpyBackend` (the CPU), :class:`CupyBackend` (an NVIDIA GPU) and :class:`StrictBackend`
+(``array_api_strict`` on a simulated non-CPU device, where GPU mistakes fail on a CPU).
+``get_backend("auto" | "cpu" | "gpu" | "strict")`` resolves a name to one of them.
+
+Only this module and :mod:`fastnn.kernels_cuda` touch CuPy, and only once a GPU is asked for:
+importing fastnn never imports CuPy.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
 
+from fastnn.rng import CupyRNG, DeviceRNG, NumpyRNG
+
 log = logging.getLogger("fastnn")
 
 GPU_INSTALL_HINT = (
@@ -27,96 +36,22 @@ GPU_INSTALL_HINT = (
     "`pip install cupy-cuda13x[ctk]` (CUDA 13), or use --device cpu"
 )
 
+AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
+SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
+
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why and what to do."""
 
 
-CUPY_STREAMS = "cupy RandomState, reseeded per stream"
-"""The kind of a CuPy :class:`DeviceRNG` state (NumPy's are named by their bit generator, e.g. PCG64)."""
-
-
-class DeviceRNG:
-    """Random numbers made where the arrays live, so that nothing is copied across per batch.
-
-    ``normal(shape, std)`` and ``uniform(shape)`` give float arrays, ``permutation(n)`` an index
-    array, all on the backend's device.
-    """
-
-    def __init__(self, backend: Backend, seed: int | None):
-        self.backend = backend
-        if backend.name == "cupy":
-            self._seed = int(np.random.SeedSequence(seed).entropy)  # a seed of None draws one
-            self._streams = 0
-            self._gen = backend.xp.random.RandomState(self._stream_seed())
-        else:
-            self._gen = np.random.default_rng(seed)
-
-    def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: str = "float32") -> Any:
-        if self.backend.name == "cupy":
-            return self._gen.normal(0.0, std, size=shape, dtype=dtype)
-        return self.backend.asarray(self._gen.normal(0.0, std, size=shape), dtype)
-
-    def uniform(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
-        """Uniform on [0, 1)."""
-        if self.backend.name == "cupy":
-            return self._gen.random_sample(size=shape, dtype=dtype)
-        if self.backend.name == "numpy":
-            return self._gen.random(size=shape, dtype=np.dtype(dtype))
-        return self.backend.asarray(self._gen.random(size=shape), dtype)
-
-    def integers(self, high: int, shape: tuple[int, ...]) -> Any:
-        """Integers in [0, high)."""
-        if self.backend.name == "cupy":
-            # floor(u * high) from uniform floats: CuPy's randint over a range that is not a power of two
-            # draws again the values past its limit, and counts them on the host first (a device wait)
-            scaled = self._gen.random_sample(size=shape, dtype="float64") * high
-            return self.backend.xp.minimum(scaled.astype("int64"), high - 1)  # u * high may round up to high
-        return self.backend.asarray(self._gen.integers(0, high, size=shape), "int64")
-
-    def permutation(self, n: int) -> Any:
-        if self.backend.name == "cupy":
-            return self._gen.permutation(n)
-        return self.backend.asarray(self._gen.permutation(n), "int64")
-
-    def get_state(self) -> dict:
-        """The generator's state as JSON-able data (to resume a run).
-
-        NumPy's is its bit generator's state, read without changing it. CuPy's ``RandomState``
-        keeps its state in cuRAND, whose position the host cannot read back, so there this starts
-        a new stream, seeded from the seed and the number of streams so far, and returns those two
-        numbers: called at the same points of every run (``Trainer`` does, after each epoch), the
-        numbers drawn after it are the same whether the run went on or was resumed from it.
-        """
-        if self.backend.name == "cupy":
-            self._streams += 1
-            self._gen.seed(self._stream_seed())
-            return {"bit_generator": CUPY_STREAMS, "seed": self._seed, "streams": self._streams}
-        return self._gen.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        """Continue from a state :meth:`get_state` returned (on the same kind of backend)."""
-        if self.backend.name == "cupy":
-            if state.get("bit_generator") != CUPY_STREAMS:
-                raise ValueError(f"a random state of {state.get('bit_generator')!r} cannot go on with CuPy")
-            self._seed, self._streams = int(state["seed"]), int(state["streams"])
-            self._gen.seed(self._stream_seed())
-            return
-        self._gen.bit_generator.state = state
-
-    def _stream_seed(self) -> np.uint64:
-        """CuPy's seed of the current stream, mixed from the seed and the stream count: 32 bits (as
-        NumPy's RandomState takes too, which stands in for CuPy's in tests) in a NumPy uint64, which
-        every CuPy's ``seed`` takes: some cast a seed to uint64 with ``casting="safe"``, which NumPy 2
-        refuses for a Python int."""
-        return np.uint64(np.random.SeedSequence([self._seed, self._streams]).generate_state(1, np.uint32)[0])
-
-
 @dataclass(frozen=True)
 class Backend:
-    """An array namespace and the device its arrays live on.
+    """An array namespace and the device its arrays live on; one subclass per namespace.
 
-    ``note`` carries a one-line remark for the user (e.g. why "auto" fell back to the CPU).
+    ``name`` ("numpy", "cupy", "strict") is a label, recorded in checkpoints and results; what the
+    backends do differently is in their methods. ``note`` carries a one-line remark for the user
+    (e.g. why "auto" fell back to the CPU). The defaults here fit a device that runs each operation
+    as it is called and has no fused updates.
     """
 
     name: str
@@ -130,33 +65,25 @@ class Backend:
         array that array-api-strict wraps, would otherwise share the caller's memory (np.array copies).
         ``copy=False`` lets them share it where the result is only ever read (a data set), which saves
         a copy of the data on the CPU."""
-        dtype = None if dtype is None else np.dtype(dtype)
-        shared = self.name == "cupy" or not copy  # CuPy copies to the device anyway
-        host = np.asarray(host_array, dtype=dtype) if shared else np.array(host_array, dtype=dtype)
-        if self.name == "numpy":
-            return host
-        if self.name == "cupy":
-            return self.xp.asarray(host)
-        return self.xp.asarray(host, device=self.device)
+        raise NotImplementedError
 
     def to_numpy(self, array: Any) -> np.ndarray:
         """The one explicit way back to the host."""
-        if self.name == "cupy":
-            return self.xp.asnumpy(array)
-        if self.name == "strict":
-            return np.asarray(array.to_device(self.xp.Device("CPU_DEVICE")))
-        return np.asarray(array)
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The namespace and its device in a few words, for the user."""
+        raise NotImplementedError
 
     def dtype(self, name: str) -> Any:
         return getattr(self.xp, name)
 
     def rng(self, seed: int | None = None) -> DeviceRNG:
+        """A random generator seeded with ``seed`` (None draws a seed), whose arrays are on the device."""
         return DeviceRNG(self, seed)
 
     def synchronize(self) -> None:
-        """Wait for queued device work to finish (a no-op on the CPU)."""
-        if self.name == "cupy":
-            self.xp.cuda.get_current_stream().synchronize()
+        """Wait for queued device work to finish (a no-op where each operation runs as it is called)."""
 
     @property
     def gather_batches(self) -> int:
@@ -165,12 +92,12 @@ class Backend:
         Each array operation costs the host some microseconds before the device runs it, about ten
         on CuPy, and the gather and augmentation of a batch are about thirty operations, mostly on
         small index arrays: on a GPU, where a step of a small batch is bound by the host, doing them
-        for 8 batches at once saves most of that. On the CPU a batch's images stay in cache between
-        their augmentation and the first layer's product; eight at once took 4% longer a batch
-        there (the default network at batch 256, ``python -m bench.overhead --hidden 1024,512
-        --batch-size 256 --threads 2``), so the CPU gathers one batch at a time.
+        for 8 batches at once saves most of that (:class:`CupyBackend`). On the CPU a batch's images
+        stay in cache between their augmentation and the first layer's product; eight at once took 4%
+        longer a batch there (the default network at batch 256, ``python -m bench.overhead --hidden
+        1024,512 --batch-size 256 --threads 2``), so the CPU gathers one batch at a time.
         """
-        return 8 if self.name == "cupy" else 1
+        return 1
 
     def set_tf32(self, enabled: bool) -> bool:
         """Let float32 matrix products run on TensorFloat-32 tensor cores (NVIDIA Ampere and newer), or not.
@@ -179,21 +106,179 @@ class Backend:
         float32. Only CuPy on a GPU of compute capability 8.0 or newer has such a mode: returns True
         there, False (and does nothing) elsewhere.
         """
-        if self.name != "cupy" or int(self.xp.cuda.Device().compute_capability) < 80:
+        return False
+
+    @staticmethod
+    def fused_adam_step() -> AdamStep | None:
+        """This namespace's in-place Adam update (:func:`fused_adam_step` says what it does), or None
+        where there is none and the optimizer runs its formula as written."""
+        return None
+
+    @staticmethod
+    def fused_sgd_step() -> SGDStep | None:
+        """This namespace's in-place SGD update (:func:`fused_sgd_step`), or None where there is none."""
+        return None
+
+
+def _host_array(host_array: Any, dtype: str | None, copy: bool) -> np.ndarray:
+    """``host_array`` as a NumPy array, as ``dtype`` if given: a new array, or with ``copy=False``
+    the caller's own where it already is one of that dtype."""
+    dtype = None if dtype is None else np.dtype(dtype)
+    return np.array(host_array, dtype=dtype) if copy else np.asarray(host_array, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class NumpyBackend(Backend):
+    """NumPy on the CPU, where the host is the device."""
+
+    name: str = field(default="numpy", init=False)
+    xp: ModuleType = np
+    device: Any = "cpu"
+
+    def asarray(self, host_array: Any, dtype: str | None = None, copy: bool = True) -> Any:
+        return _host_array(host_array, dtype, copy)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def describe(self) -> str:
+        return "numpy on the CPU"
+
+    def rng(self, seed: int | None = None) -> DeviceRNG:
+        return NumpyRNG(self, seed)
+
+    @staticmethod
+    def fused_adam_step() -> AdamStep:
+        from fastnn import kernels_cpu  # blocks in cache, shared among the cores
+
+        return kernels_cpu.adam_step()
+
+    @staticmethod
+    def fused_sgd_step() -> SGDStep:
+        from fastnn import kernels_cpu
+
+        return kernels_cpu.sgd_step()
+
+
+@dataclass(frozen=True)
+class CupyBackend(Backend):
+    """CuPy on an NVIDIA GPU (``device``, a ``cupy.cuda.Device``).
+
+    The host queues work on the GPU and goes on while it runs, hence :meth:`synchronize` for timing
+    and the batches gathered eight at a time; random numbers are made on the GPU.
+    """
+
+    name: str = field(default="cupy", init=False)
+
+    def asarray(self, host_array: Any, dtype: str | None = None, copy: bool = True) -> Any:
+        return self.xp.asarray(_host_array(host_array, dtype, copy=False))  # the transfer is the copy
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return self.xp.asnumpy(array)
+
+    def describe(self) -> str:
+        props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+        return f"cupy on {props['name'].decode()}"
+
+    def rng(self, seed: int | None = None) -> DeviceRNG:
+        return CupyRNG(self, seed)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.get_current_stream().synchronize()
+
+    @property
+    def gather_batches(self) -> int:
+        """Eight: the GPU's step of a small batch is bound by the host (:attr:`Backend.gather_batches`)."""
+        return 8
+
+    def set_tf32(self, enabled: bool) -> bool:
+        if int(self.xp.cuda.Device().compute_capability) < 80:  # before Ampere: no TF32 tensor cores
             return False
         _cupy_set_tf32(enabled)
         return True
 
+    @staticmethod
+    def fused_adam_step() -> AdamStep:
+        from fastnn import kernels_cuda  # imports CuPy, which only a CuPy backend may
+
+        return kernels_cuda.adam_step()
+
+
+@dataclass(frozen=True)
+class StrictBackend(Backend):
+    """``array_api_strict`` on its simulated non-CPU device (``Device("device1")``).
+
+    Mixing its arrays with another device's, or turning them into NumPy arrays, raises, as on CuPy;
+    the optimizers run their formulas as written (no fused updates), and random numbers are drawn by
+    NumPy and copied over.
+    """
+
+    name: str = field(default="strict", init=False)
+
+    def asarray(self, host_array: Any, dtype: str | None = None, copy: bool = True) -> Any:
+        return self.xp.asarray(_host_array(host_array, dtype, copy), device=self.device)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array.to_device(self.xp.Device("CPU_DEVICE")))
+
     def describe(self) -> str:
-        if self.name == "cupy":
-            props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
-            return f"cupy on {props['name'].decode()}"
-        if self.name == "strict":
-            return "array-api-strict on a simulated device"
-        return "numpy on the CPU"
+        return "array-api-strict on a simulated device"
 
 
-def _cupy_backend() -> Backend:
+_auto_noted = False
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """Resolve ``"auto" | "cpu" | "gpu" | "strict"`` (also ``"numpy"``, ``"cupy"``) to a backend.
+
+    ``"gpu"`` raises :class:`BackendUnavailable` when CuPy or a GPU is missing; ``"auto"`` then
+    falls back to the CPU, logs why once, and records it in ``backend.note``.
+    """
+    global _auto_noted
+    key = name.lower()
+    if key in ("cpu", "numpy"):
+        return NumpyBackend()
+    if key in ("gpu", "cupy", "cuda"):
+        return _cupy_backend()
+    if key == "strict":
+        return _strict_backend()
+    if key == "auto":
+        try:
+            return _cupy_backend()
+        except BackendUnavailable as exc:
+            why = str(exc).split(";")[0]  # the reason; `fastnn info` gives the fix in full
+            note = f"running on the CPU: {why} (`fastnn info` says how to use a GPU)"
+            if not _auto_noted:
+                log.info(note)
+                _auto_noted = True
+            return NumpyBackend(note=note)
+    raise BackendUnavailable(f"unknown device {name!r}; choose one of auto, cpu, gpu")
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend name mapped to "ok" or the reason it cannot run here."""
+    status = {}
+    for key in ("numpy", "cupy", "strict"):
+        try:
+            status[key] = "ok: " + get_backend(key).describe()
+        except BackendUnavailable as exc:
+            status[key] = f"unavailable: {exc}"
+    return status
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use, by the names CUDA_VISIBLE_DEVICES gives them; [] where CuPy
+    or a GPU is missing. Worker processes take one each (``fastnn tune --workers``)."""
+    try:
+        cupy = get_backend("gpu").xp
+    except BackendUnavailable:
+        return []
+    count = cupy.cuda.runtime.getDeviceCount()
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return (visible or [str(i) for i in range(count)])[:count]
+
+
+def _cupy_backend() -> CupyBackend:
     try:
         import cupy
     except ImportError as exc:  # a broken CUDA install raises other ImportErrors than "no module"
@@ -209,7 +294,7 @@ def _cupy_backend() -> Backend:
     if count < 1:
         raise BackendUnavailable("CuPy found no GPU; use --device cpu")
     _probe_cupy(cupy)
-    return Backend("cupy", cupy, cupy.cuda.Device())
+    return CupyBackend(cupy, cupy.cuda.Device())
 
 
 _cupy_probed = False
@@ -245,66 +330,15 @@ def _cupy_set_tf32(enabled: bool) -> None:
         log.debug("cupy: no set_compute_type; CUPY_TF32 applies from the first float32 product")
 
 
-def _strict_backend() -> Backend:
+def _strict_backend() -> StrictBackend:
     try:
         import array_api_strict
     except ImportError as exc:
         raise BackendUnavailable("the strict backend needs array-api-strict: pip install array-api-strict") from exc
-    return Backend("strict", array_api_strict, array_api_strict.Device("device1"))
+    return StrictBackend(array_api_strict, array_api_strict.Device("device1"))
 
 
-_auto_noted = False
-
-
-def get_backend(name: str = "auto") -> Backend:
-    """Resolve ``"auto" | "cpu" | "gpu" | "strict"`` (also ``"numpy"``, ``"cupy"``) to a backend.
-
-    ``"gpu"`` raises :class:`BackendUnavailable` when CuPy or a GPU is missing; ``"auto"`` then
-    falls back to the CPU, logs why once, and records it in ``backend.note``.
-    """
-    global _auto_noted
-    key = name.lower()
-    if key in ("cpu", "numpy"):
-        return Backend("numpy", np, "cpu")
-    if key in ("gpu", "cupy", "cuda"):
-        return _cupy_backend()
-    if key == "strict":
-        return _strict_backend()
-    if key == "auto":
-        try:
-            return _cupy_backend()
-        except BackendUnavailable as exc:
-            why = str(exc).split(";")[0]  # the reason; `fastnn info` gives the fix in full
-            note = f"running on the CPU: {why} (`fastnn info` says how to use a GPU)"
-            if not _auto_noted:
-                log.info(note)
-                _auto_noted = True
-            return Backend("numpy", np, "cpu", note=note)
-    raise BackendUnavailable(f"unknown device {name!r}; choose one of auto, cpu, gpu")
-
-
-def available_backends() -> dict[str, str]:
-    """Each backend name mapped to "ok" or the reason it cannot run here."""
-    status = {}
-    for key in ("numpy", "cupy", "strict"):
-        try:
-            status[key] = "ok: " + get_backend(key).describe()
-        except BackendUnavailable as exc:
-            status[key] = f"unavailable: {exc}"
-    return status
-
-
-def gpu_ids() -> list[str]:
-    """The GPUs this process may use, by the names CUDA_VISIBLE_DEVICES gives them; [] where CuPy
-    or a GPU is missing. Worker processes take one each (``fastnn tune --workers``)."""
-    try:
-        cupy = get_backend("gpu").xp
-    except BackendUnavailable:
-        return []
-    count = cupy.cuda.runtime.getDeviceCount()
-    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
-    return (visible or [str(i) for i in range(count)])[:count]
-
+# -- the namespace of an array, and its fast paths -------------------------------------------------
 
 _NAMESPACES: dict[type, ModuleType] = {}
 
@@ -324,13 +358,11 @@ def namespace(array: Any) -> ModuleType:
     return xp
 
 
-# -- fast paths ------------------------------------------------------------------------------------
 # The math core writes each formula once against the array API standard, which has no ``out=`` and
 # no fused kernels, so each operation of a formula makes a full-size temporary array. Where a
-# namespace can do the same formula in place, that version lives here, looked up by namespace;
-# ``None`` means "use the portable formula" (array-api-strict, and any other namespace).
-
-AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
+# namespace can do the same formula in place, its backend class hands that version out; ``None``
+# means "use the portable formula" (array-api-strict, and any other namespace). The optimizers know
+# their arrays, not the backend, so these two look the backend class up by namespace.
 
 
 def fused_adam_step(xp: Any) -> AdamStep | None:
@@ -345,21 +377,9 @@ def fused_adam_step(xp: Any) -> AdamStep | None:
     with the bias corrections folded into the two scalars by the caller:
     ``step_size = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_hat = eps * sqrt(1 - beta2**t)``.
     Each call returns a new callable with its own scratch space: use one per parameter.
+    NumPy's is :func:`fastnn.kernels_cpu.adam_step`, CuPy's :func:`fastnn.kernels_cuda.adam_step`.
     """
-    if is_numpy_namespace(xp):
-        return _numpy_adam_step()
-    if is_cupy_namespace(xp):
-        return _cupy_adam_step()
-    return None
-
-
-def _numpy_adam_step() -> AdamStep:
-    from fastnn import kernels_cpu  # blocks in cache, shared among the cores
-
-    return kernels_cpu.adam_step()
-
-
-SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
+    return _backend_class(xp).fused_adam_step()
 
 
 def fused_sgd_step(xp: Any) -> SGDStep | None:
@@ -367,43 +387,17 @@ def fused_sgd_step(xp: Any) -> SGDStep | None:
 
     The callable is ``step(param, grad, velocity, lr, momentum, nesterov)`` and does the update of
     :class:`fastnn.optimizers.SGD` in place (``velocity`` None without momentum). Each call returns
-    a new callable with its own scratch space: use one per parameter.
+    a new callable with its own scratch space: use one per parameter. Only NumPy has one
+    (:func:`fastnn.kernels_cpu.sgd_step`).
     """
+    return _backend_class(xp).fused_sgd_step()
+
+
+def _backend_class(xp: Any) -> type[Backend]:
+    """The backend class of namespace ``xp``; the base class, which has no fused updates, for any
+    namespace but NumPy's and CuPy's."""
     if is_numpy_namespace(xp):
-        from fastnn import kernels_cpu
-
-        return kernels_cpu.sgd_step()
-    return None
-
-
-_cupy_adam_kernel = None
-
-
-def _cupy_adam_step() -> AdamStep:
-    """One CUDA kernel per parameter: reads param, grad, m, v once and writes param, m, v once.
-
-    ``1 - beta1`` and ``1 - beta2`` come in as scalars worked out on the host in double precision, as
-    the NumPy path has them: in float32 inside the kernel, ``1 - float32(0.999)`` is 0.00099998713,
-    1.3e-5 off, against 0.0010000000475 for the rounded exact complement.
-    """
-    global _cupy_adam_kernel
-    import cupy
-
-    if _cupy_adam_kernel is None:
-        _cupy_adam_kernel = cupy.ElementwiseKernel(
-            "T grad, T beta1, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T eps_hat",
-            "T param, T m, T v",
-            """
-            m = beta1 * m + one_minus_beta1 * grad;
-            v = beta2 * v + one_minus_beta2 * (grad * grad);
-            param -= step_size * m / (sqrt(v) + eps_hat);
-            """,
-            "fastnn_adam",
-        )
-
-    def step(param, grad, m, v, beta1, beta2, step_size, eps_hat):
-        scalar = param.dtype.type  # typed scalars, so that T is the parameter's dtype
-        betas = scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2)
-        _cupy_adam_kernel(grad, *betas, scalar(step_size), scalar(eps_hat), param, m, v)
-
-    return step
+        return NumpyBackend
+    if is_cupy_namespace(xp):
+        return CupyBackend
+    return Backend

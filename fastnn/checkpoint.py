@@ -1,26 +1,31 @@
-"""Checkpoints and run logs, written whole or not at all.
+"""Checkpoints: a network's parameters, architecture and training state in one file.
 
 A checkpoint is one ``.npz``: every parameter as ``param/<name>``, every buffer (BatchNorm's running
 statistics) as ``buffer/<name>``, plus ``meta``, a JSON string with the architecture (the layer specs
 of :meth:`fastnn.network.Network.spec`), the whole training config, the history and any extra
-results. Checkpoints from before the layer specs, which record sizes and activation, still load. Files are written to
-a temporary name in the same folder and renamed, so an interruption never leaves half a file.
+results. Checkpoints from before the layer specs, which record sizes and activation, still load. A
+checkpoint is written whole or not at all (:func:`fastnn.atomic.write_atomic`), so an interruption
+never leaves half a file.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# the names imported "as" themselves are re-exported, for code that imported them from here before
+# fastnn.atomic held them
+from fastnn.atomic import temporary_beside as temporary_beside
+from fastnn.atomic import write_atomic
+from fastnn.atomic import write_atomic_set as write_atomic_set
+from fastnn.atomic import write_jsonl as write_jsonl
 from fastnn.layers import numbers_in
 from fastnn.network import Network
 
@@ -37,61 +42,6 @@ def damaged(path: str | os.PathLike, exc: Exception) -> CheckpointError:
         f"{path}: a fastnn checkpoint with damaged metadata ({type(exc).__name__}: {exc}); "
         "train again to write a new one"
     )
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    write_atomic_set({path: data})
-
-
-def write_atomic_set(files: dict[str | os.PathLike, bytes]) -> None:
-    """Write several files as a set: each goes to a temporary file beside it first, and only when
-    all are written whole are they renamed into place. A failure before that (a full disk, a folder
-    in the way) leaves every old file as it was and no temporary file behind."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, data in files.items():
-            path = Path(path)
-            if path.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(path))
-            staged.append((_stage(path, data), path))
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temporary_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file in ``path``'s folder, to be renamed to ``path`` when whole: (fd, name).
-    mkstemp makes it private (0600); it gets an ordinary file's mode instead (0644 under the usual
-    umask), since checkpoints and data are shared, e.g. with a container running as another user."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
-    except BaseException:
-        os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return fd, tmp
-
-
-def _stage(path: Path, data: bytes) -> str:
-    """``data`` in a new temporary file beside ``path``, flushed to disk; returns its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def save(
@@ -223,7 +173,3 @@ def load_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{path}: the training state cannot be read ({type(exc).__name__}); train again without --resume"
         ) from exc
 
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSON lines, atomically (the whole log is rewritten each time)."""
-    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows).encode())

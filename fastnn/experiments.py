@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnn.checkpoint import write_atomic
+from fastnn.atomic import write_atomic
 from fastnn.config import ADDED_LATER, NORMS, TrainConfig
 from fastnn.train import EpochRecord, NonFiniteLoss, run_training
 

@@ -82,7 +82,7 @@ class Dense(Layer):
     Shapes: x (batch, n_in), W (n_in, n_out), b (n_out,), y (batch, n_out).
     Backward: ``dW = x.T @ dy``, ``db = sum_batch dy``, ``dx = dy @ W.T``.
     ``init`` is "he" (std sqrt(2/n_in), for ReLU) or "xavier" (std sqrt(2/(n_in+n_out)), for
-    sigmoid and tanh); ``rng`` is a :class:`fastnn.backend.DeviceRNG`, so weights are born on the device.
+    sigmoid and tanh); ``rng`` is a :class:`fastnn.rng.DeviceRNG`, so weights are born on the device.
     With ``input_grad`` False, ``backward`` skips ``dx`` and returns None: a network's first layer
     sees only data, whose gradient nobody uses, and ``dx`` is a third of that layer's backward work.
     """
@@ -196,7 +196,7 @@ class Dropout(Layer):
     """Inverted dropout: in training ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``.
 
     At evaluation it is the identity, so no rescaling is needed then. ``dx = dy * m / (1 - p)``.
-    The mask is drawn on the device by ``rng`` (a :class:`fastnn.backend.DeviceRNG`).
+    The mask is drawn on the device by ``rng`` (a :class:`fastnn.rng.DeviceRNG`).
     """
 
     def __init__(self, p: float, rng: Any):

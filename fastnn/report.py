@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from fastnn.checkpoint import write_atomic_set
+from fastnn.atomic import write_atomic_set
 from fastnn.config import TrainConfig
 from fastnn.experiments import Arm, ExperimentResult, Study, schedule_text
 
@@ -458,7 +458,7 @@ def write_report(result: ExperimentResult, out_dir: str | Path) -> dict[str, Pat
     """Write report.md, curves.png, report.pdf and results.json into ``out_dir``; returns their paths.
 
     Everything is rendered before the first file is written, and the four are written as a set
-    (``checkpoint.write_atomic_set``): all new or, on a failure, all as they were.
+    (:func:`fastnn.atomic.write_atomic_set`): all new or, on a failure, all as they were.
     Raises ReportError when matplotlib is missing.
     """
     require_matplotlib()

@@ -4,7 +4,7 @@ A run holds ``.fastnn.lock`` in its folder (created exclusively, holding the pid
 process) from start to end. A second run there is refused and told who holds it; a lock whose
 process is gone (same host, pid no longer alive) is stale and is taken over; it is removed under a
 kernel lock on ``.fastnn.lock.guard``, so that two runs that find it at once cannot both take the
-folder. Temporary ``.<name>.*.part`` files (:func:`fastnn.checkpoint.temporary_beside`) left by a
+folder. Temporary ``.<name>.*.part`` files (:func:`fastnn.atomic.temporary_beside`) left by a
 writer killed in the middle of a save are removed when the next run takes the lock: no other
 writer can be there then.
 """

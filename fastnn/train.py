@@ -342,6 +342,7 @@ def run_training(
     from pathlib import Path
 
     from fastnn import checkpoint
+    from fastnn.atomic import write_jsonl
 
     out = Path(out_dir) if out_dir is not None else None
     meta = {
@@ -360,7 +361,7 @@ def run_training(
             {**meta, "history": history, "results": results, "progress": progress.meta()},
             progress.optimizer_state,
         )
-        checkpoint.write_jsonl(out / "metrics.jsonl", history)
+        write_jsonl(out / "metrics.jsonl", history)
 
     def epoch_done(record: EpochRecord, network: Network) -> None:
         if out is not None:

@@ -245,7 +245,7 @@ def report_markdown(study: Any, command: str, best: dict[str, Any], figure_names
 
 def write_report(out: Path, study: Any, space: Space, command: str, best: dict[str, Any]) -> None:
     """best.toml, report.md, trials.md and the figures, written as a set (all or none)."""
-    from fastnn.checkpoint import write_atomic_set
+    from fastnn.atomic import write_atomic_set
 
     pngs = figures(study)
     files = {out / name: data for name, data in pngs.items()}

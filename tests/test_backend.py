@@ -125,14 +125,14 @@ def test_cupy_adam_kernel_rounds_like_the_numpy_path(monkeypatch):
     """The fused CuPy kernel's float32 arithmetic, emulated on the host, against Adam's formula on
     NumPy: four steps of the trajectory that ``test_fused_adam_matches_the_formula`` uses, to its
     float32 tolerance. ``1 - beta2`` worked out in float32 inside the kernel is 1.3e-5 off and fails."""
-    import fastnn.backend as backend_module
+    import fastnn.kernels_cuda as kernels_cuda
     import fastnn.optimizers as optimizers
     from fastnn.optimizers import Adam
 
     fake_cupy = types.SimpleNamespace(ElementwiseKernel=_EmulatedElementwiseKernel)
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr(backend_module, "_cupy_adam_kernel", None)
-    monkeypatch.setattr(optimizers, "fused_adam_step", lambda xp: backend_module._cupy_adam_step())
+    monkeypatch.setattr(kernels_cuda, "_adam_kernel", None)
+    monkeypatch.setattr(optimizers, "fused_adam_step", lambda xp: kernels_cuda.adam_step())
 
     def trajectory(fused):
         rng = np.random.default_rng(0)
@@ -208,7 +208,7 @@ def test_set_tf32_only_where_the_gpu_has_tf32(monkeypatch, capability, has_tf32)
 
     calls = []
     monkeypatch.setattr(backend_module, "_cupy_set_tf32", calls.append)
-    gpu = backend_module.Backend("cupy", _fake_cupy_with_a_gpu(compute_capability=capability))
+    gpu = backend_module.CupyBackend(_fake_cupy_with_a_gpu(compute_capability=capability))
     assert gpu.set_tf32(True) is has_tf32
     assert calls == ([True] if has_tf32 else [])
 
@@ -219,3 +219,12 @@ def test_asarray_copies_unless_told_the_data_is_only_read():
     assert not np.shares_memory(cpu.asarray(host, "float32"), host)
     assert np.shares_memory(cpu.asarray(host, "float32", copy=False), host)  # training data: no second copy
     assert not np.shares_memory(cpu.asarray(host, "float64", copy=False), host)  # another dtype is a new array
+
+
+def test_one_class_per_backend_with_its_name_as_a_label():
+    from fastnn.backend import NumpyBackend, StrictBackend
+
+    cpu, strict = get_backend("cpu"), get_backend("strict")
+    assert type(cpu) is NumpyBackend and cpu.name == "numpy" and cpu == NumpyBackend()
+    assert type(strict) is StrictBackend and strict.name == "strict"
+    assert cpu.fused_adam_step() is not None and strict.fused_adam_step() is None

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from fastnn.checkpoint import CheckpointError, load, save, write_atomic, write_atomic_set
+from fastnn.checkpoint import CheckpointError, load, save
 from fastnn.network import Network
 
 
@@ -92,47 +92,6 @@ def test_unknown_layers_in_a_checkpoint_are_one_line_errors(tmp_path, change, me
     with pytest.raises(CheckpointError, match=f"damaged metadata \\(ValueError: {message}") as info:
         load(tmp_path / "m.npz", get_backend("cpu"))
     assert "\n" not in str(info.value)
-
-
-def test_interrupted_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
-    target = tmp_path / "model.npz"
-    write_atomic(target, b"old")
-
-    def fail(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
-
-
-def test_a_set_of_files_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    import fastnn.checkpoint as checkpoint
-
-    (tmp_path / "a.md").write_bytes(b"old a")
-    (tmp_path / "c.pdf").mkdir()  # a folder in the way of the third file
-    with pytest.raises(IsADirectoryError):
-        write_atomic_set({tmp_path / "a.md": b"new a", tmp_path / "b.png": b"new b", tmp_path / "c.pdf": b"c"})
-    assert (tmp_path / "a.md").read_bytes() == b"old a"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "c.pdf"]
-
-    staged = checkpoint._stage
-
-    def disk_full_at_the_second(path, data):
-        if path.name == "b.png":
-            raise OSError(28, "No space left on device")
-        return staged(path, data)
-
-    monkeypatch.setattr(checkpoint, "_stage", disk_full_at_the_second)
-    with pytest.raises(OSError, match="No space"):
-        write_atomic_set({tmp_path / "a.md": b"new a", tmp_path / "b.png": b"new b"})
-    assert (tmp_path / "a.md").read_bytes() == b"old a"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "c.pdf"]
-    monkeypatch.undo()
-    write_atomic_set({tmp_path / "a.md": b"new a", tmp_path / "b.png": b"new b"})
-    assert (tmp_path / "a.md").read_bytes() == b"new a" and (tmp_path / "b.png").read_bytes() == b"new b"
 
 
 def test_spec_built_network_round_trips_with_its_buffers(backend, tmp_path):

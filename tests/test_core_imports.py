@@ -1,6 +1,9 @@
-"""The math core uses the namespace of its inputs: it must not import numpy or cupy."""
+"""Import layering: the math core uses the namespace of its inputs and must not import numpy or cupy;
+the data and the atomic writes sit below the network."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,42 @@ def test_core_module_imports_only_the_core_and_the_backend(module):
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     outside = {name for name in imported if name.startswith("fastnn") and name not in allowed}
     assert not outside, f"{module} imports {outside}"
+
+
+def test_the_data_and_the_atomic_writes_sit_below_the_network():
+    """Reading CIFAR-10 (fastnn.data) and writing files whole (fastnn.atomic) need no network: importing
+    them, directly or through what they import, loads neither fastnn.network nor fastnn.checkpoint (which
+    imports the network), so that the data code does not sit above the math core in the import order."""
+    code = "import sys, fastnn.data, fastnn.atomic; print(' '.join(sorted(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(run.stdout.split())
+    assert {"fastnn.data", "fastnn.data.cifar10", "fastnn.atomic"} <= loaded
+    above = loaded & {"fastnn.network", "fastnn.checkpoint"}
+    assert not above, f"importing fastnn.data and fastnn.atomic loads {sorted(above)}"
+
+
+def test_importing_fastnn_never_imports_cupy():
+    """CuPy is imported only once a GPU is asked for (fastnn.backend, fastnn.kernels_cuda): importing any
+    module of fastnn asks no finder for it, so that a broken CUDA install cannot break a CPU run."""
+    code = """
+import importlib, pkgutil, sys
+import fastnn
+
+class Watch:
+    asked = []
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cupy":
+            Watch.asked.append(name)
+        return None
+
+sys.meta_path.insert(0, Watch())
+sys.modules.pop("cupy", None)
+for module in pkgutil.walk_packages(fastnn.__path__, "fastnn."):
+    try:
+        importlib.import_module(module.name)
+    except ImportError:  # an extra that is not installed here (numba, optuna); CuPy, Watch has seen
+        pass
+print(" ".join(Watch.asked))
+"""
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert run.stdout.split() == [], f"importing fastnn asked for {run.stdout.split()}"

@@ -17,7 +17,7 @@ from array_api_compat.common import _aliases
 
 import fastnn.backend as backend_module
 import fastnn.train as train_module
-from fastnn.backend import Backend, DeviceRNG
+from fastnn.backend import CupyBackend, NumpyBackend
 from fastnn.network import Network
 from fastnn.optimizers import Adam
 from fastnn.train import TrainConfig
@@ -130,7 +130,7 @@ device_namespace.random = types.SimpleNamespace(RandomState=DeviceRandomState)
 
 @pytest.fixture
 def guarded_device(monkeypatch):
-    """A backend named "cupy" (so DeviceRNG takes CuPy's branch) whose arrays refuse host reads from the
+    """A CuPy backend (so that its generator is CuPy's) whose arrays refuse host reads from the
     end of train_epoch's checks (which read the labels once, on purpose) until it returns."""
     monkeypatch.setitem(backend_module._NAMESPACES, DeviceArray, device_namespace)
     monkeypatch.setattr(_aliases, "array_namespace", lambda *arrays: device_namespace)  # clip's own lookup
@@ -141,7 +141,7 @@ def guarded_device(monkeypatch):
         monkeypatch.setattr(DeviceArray, "guarded", True)
 
     monkeypatch.setattr(train_module, "check_data", check_then_guard)
-    return Backend("cupy", device_namespace, "device")
+    return CupyBackend(device_namespace, "device")
 
 
 def test_the_stand_in_catches_the_reads_it_is_for(guarded_device):
@@ -155,7 +155,7 @@ def test_the_stand_in_catches_the_reads_it_is_for(guarded_device):
         with pytest.raises(HostRead):
             device_namespace.clip(x, 0.0, 1.0)
         with pytest.raises(HostRead):
-            DeviceRNG(guarded_device, 0)._gen.randint(0, 5, (8,))
+            guarded_device.rng(0)._gen.randint(0, 5, (8,))
     finally:
         DeviceArray.guarded = False
 
@@ -165,21 +165,21 @@ def test_train_epoch_reads_nothing_from_the_device_in_its_batch_loop(guarded_dev
     """A whole epoch as fastnn train runs it on a GPU (8 batches gathered at once, Adam), with
     augmentation (the default) and without; the sums it returns are the epoch's one read."""
     rng = np.random.default_rng(0)
-    network = Network([3072, 16, 10], backend=Backend("numpy", np, "cpu"))
+    network = Network([3072, 16, 10], backend=NumpyBackend())
     for layer in network.layers:
         layer.params = {name: on_device(value) for name, value in getattr(layer, "params", {}).items()}
     assert all(isinstance(p, DeviceArray) for _, p in network.parameters())
     x = on_device(rng.normal(size=(100, 3072)).astype(np.float32))
     y = on_device(rng.integers(0, 10, 100))
     loss_sum, correct = train_module.train_epoch(
-        network, Adam(), x, y, batch_size=8, lr=1e-3, rng=DeviceRNG(guarded_device, 0), augment=augment, gather=8
+        network, Adam(), x, y, batch_size=8, lr=1e-3, rng=guarded_device.rng(0), augment=augment, gather=8
     )
     DeviceArray.guarded = False
     assert np.isfinite(float(loss_sum)) and 0 <= int(correct) <= 100
 
 
 def test_cupy_integers_from_uniform_floats_cover_the_range(guarded_device):
-    draws = DeviceRNG(guarded_device, 3).integers(5, (5000,))
+    draws = guarded_device.rng(3).integers(5, (5000,))
     assert draws.dtype == np.int64
     counts = np.bincount(np.asarray(draws), minlength=5)
     assert counts.size == 5 and counts.min() > 900  # about 1000 each
@@ -190,7 +190,7 @@ def test_mixup_batchnorm_and_adamw_read_nothing_from_the_device(guarded_device):
     label smoothing, AdamW's decay) as TrainConfig builds them, in the same guarded epoch."""
     config = TrainConfig(hidden=(16,), norm="batch", mixup=0.4, label_smoothing=0.1, optimizer="adamw",
                          weight_decay=0.01)  # fmt: skip
-    network = config.make_network(Backend("numpy", np, "cpu"), 3072, 10)
+    network = config.make_network(NumpyBackend(), 3072, 10)
     for _, layer in network.named_layers():
         layer.params = {name: on_device(value) for name, value in layer.params.items()}
         layer.buffers = {name: on_device(value) for name, value in layer.buffers.items()}
@@ -198,7 +198,7 @@ def test_mixup_batchnorm_and_adamw_read_nothing_from_the_device(guarded_device):
     x = on_device(rng.normal(size=(100, 3072)).astype(np.float32))
     y = on_device(rng.integers(0, 10, 100))
     loss_sum, correct = train_module.train_epoch(
-        network, config.make_optimizer(), x, y, batch_size=8, lr=1e-3, rng=DeviceRNG(guarded_device, 0),
+        network, config.make_optimizer(), x, y, batch_size=8, lr=1e-3, rng=guarded_device.rng(0),
         augment=True, gather=8, mixup=config.make_mixup(),
     )  # fmt: skip
     DeviceArray.guarded = False

@@ -1,4 +1,4 @@
-"""DeviceRNG.get_state / set_state: a restored generator draws what the original would have."""
+"""A generator's get_state / set_state (fastnn.rng): a restored generator draws what the original would have."""
 
 import json
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fastnn.backend import Backend, DeviceRNG, get_backend
+from fastnn.backend import CupyBackend, get_backend
 
 
 def test_a_device_rng_goes_on_from_its_state(backend):
@@ -21,8 +21,8 @@ def test_a_device_rng_goes_on_from_its_state(backend):
 
 
 class NumpyAsCupyRandomState:
-    """CuPy's ``RandomState`` as DeviceRNG uses it, made with NumPy: seeded with a uint64, and no way
-    to read its position back. It checks DeviceRNG's CuPy branch without a GPU (not cuRAND itself)."""
+    """CuPy's ``RandomState`` as CupyRNG uses it, made with NumPy: seeded with a uint64, and no way
+    to read its position back. It checks CupyRNG without a GPU (not cuRAND itself)."""
 
     def __init__(self, seed):
         self.seed(seed)
@@ -40,16 +40,16 @@ class NumpyAsCupyRandomState:
 
 def test_a_cupy_rng_state_starts_a_stream_that_a_restored_rng_repeats():
     xp = SimpleNamespace(random=SimpleNamespace(RandomState=NumpyAsCupyRandomState), minimum=np.minimum)
-    fake = Backend("cupy", xp)
+    fake = CupyBackend(xp)
     for seed in (3, None):
-        rng = DeviceRNG(fake, seed)
+        rng = fake.rng(seed)
         rng.permutation(10)
         state = json.loads(json.dumps(rng.get_state()))
         expected = [rng.uniform((4,)), rng.integers(5, (6,)), rng.permutation(7)]
-        other = DeviceRNG(fake, 99)
+        other = fake.rng(99)
         other.set_state(state)
         for drawn, wanted in zip([other.uniform((4,)), other.integers(5, (6,)), other.permutation(7)], expected):
             np.testing.assert_array_equal(drawn, wanted)
-    assert DeviceRNG(fake, 3).get_state() != DeviceRNG(fake, 4).get_state()
+    assert fake.rng(3).get_state() != fake.rng(4).get_state()
     with pytest.raises(ValueError, match="a random state of 'PCG64' cannot go on with CuPy"):
         other.set_state(get_backend("cpu").rng(0).get_state())

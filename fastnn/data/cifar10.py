@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastnn.checkpoint import temporary_beside
+from fastnn.atomic import temporary_beside
 
 try:
     from numpy._core.multiarray import _reconstruct
