@@ -4,9 +4,10 @@ Written with array operators, one Adam step on a (3072, 1024) weight makes seven
 temporaries and runs on one core. Here the same formulas run in place, in one of two engines:
 
 - ``"numba"`` (with the ``[fast]`` extra installed): one compiled loop per update, which reads each
-  array once, keeps the element in registers through all the formula's steps, writes it once, and
-  splits the elements among the threads. Adam on the default network's 3.7 million parameters:
-  about 3 ms a step on 2 cores, against about 10 ms for the blocks below.
+  array once, keeps the element in registers through all the formula's steps, writes it once,
+  the elements shared among the threads. Adam on the default
+  network's 3.7 million parameters: about 3 ms a step on 2 cores, against about 10 ms for the
+  blocks below.
 - ``"numpy"`` (always there): the formulas with ``out=`` into a small scratch buffer, one
   cache-sized block at a time (each block's slices of parameter, gradient, moments and scratch stay
   in the core's cache across the dozen operations), the blocks of a large parameter shared among a
@@ -159,6 +160,13 @@ def _update(arrays: list[np.ndarray], block_update: BlockUpdate, scratch: dict) 
         future.result()
 
 
+def _numba_threads() -> None:
+    """numba's loops on :func:`threads` threads (at most the pool numba started with)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _compiled_ok(arrays: tuple[np.ndarray, ...]) -> bool:
     """Whether the compiled loops take these arrays: contiguous, float32 or float64, one dtype."""
     dtype = arrays[0].dtype
@@ -184,8 +192,10 @@ def adam_step() -> AdamStep:
         if engine() == "numba" and _compiled_ok(arrays):
             scalar = param.dtype.type  # scalars of the arrays' dtype, as NumPy casts Python floats
             flat = [a.reshape(-1) for a in arrays]
-            _numba.adam(*flat, scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2),
-                        scalar(step_size), scalar(eps_hat), _threads)
+            scalars = (scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2), scalar(step_size),
+                       scalar(eps_hat))  # fmt: skip
+            _numba_threads()
+            _numba.adam(*flat, *scalars)
             return
 
         def block(arrays, t):
@@ -227,8 +237,9 @@ def sgd_step() -> SGDStep:
         if engine() == "numba" and _compiled_ok(arrays):
             scalar = param.dtype.type
             flat = [a.reshape(-1) for a in arrays]
-            _numba.sgd(flat[0], flat[1], flat[2] if velocity is not None else flat[1], velocity is not None,
-                       scalar(lr), scalar(momentum), bool(nesterov), _threads)
+            velocity_flat, settings = flat[-1], (velocity is not None, scalar(lr), scalar(momentum), bool(nesterov))
+            _numba_threads()
+            _numba.sgd(flat[0], flat[1], velocity_flat, *settings)
             return
 
         def block(arrays, t):

@@ -36,9 +36,7 @@ def test_the_two_engines_give_the_same_bits(monkeypatch, make, dtype):
     """numba's loops do NumPy's operations in NumPy's order, without fused multiply-adds, so a run can
     change engine (a laptop without numba resuming a checkpoint) and still end bit-identical."""
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
-    from fastnn import kernels_numba
-
-    monkeypatch.setattr(kernels_numba, "PARALLEL_FROM", 100)  # the threaded path on test-sized arrays too
+    monkeypatch.setattr(kernels_cpu, "BLOCK", 100)  # several threads' parts on test-sized arrays too
     shapes = [(300, 70), (70,), (), (5, 3)]
     numba_result = _trajectory(make, "numba", dtype, shapes)
     numpy_result = _trajectory(make, "numpy", dtype, shapes)

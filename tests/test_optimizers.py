@@ -98,20 +98,9 @@ def test_numpy_adam_blocks_cover_every_element(monkeypatch, threads, update_engi
     from fastnn.backend import get_backend
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 50)
-    _parallel_from(monkeypatch, 10)
     monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
     kernels_cpu.set_threads(threads)
     _check_numpy_adam_blocks(get_backend("numpy"))
-
-
-def _parallel_from(monkeypatch, size):
-    """Let numba's loops share arrays of ``size`` elements and more among the threads (where numba is
-    installed), so that small test arrays take the parallel path too."""
-    try:
-        from fastnn import kernels_numba
-    except ImportError:
-        return
-    monkeypatch.setattr(kernels_numba, "PARALLEL_FROM", size)
 
 
 def _check_numpy_adam_blocks(backend):
@@ -243,7 +232,6 @@ def test_fused_sgd_matches_the_formula(backend, monkeypatch, momentum, nesterov,
     from fastnn import kernels_cpu
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 64)  # several blocks and threads even on small arrays
-    _parallel_from(monkeypatch, 64)
     shapes = [(300, 70), (70,), (5, 3)]
     fused, optimizer = _sgd_trajectory(backend, True, shapes, momentum, nesterov, dtype=dtype)
     plain, _ = _sgd_trajectory(backend, False, shapes, momentum, nesterov, dtype=dtype)
@@ -259,7 +247,6 @@ def test_numpy_updates_are_the_same_on_any_number_of_threads(monkeypatch, make, 
     from fastnn import kernels_cpu
 
     monkeypatch.setattr(kernels_cpu, "BLOCK", 1000)
-    _parallel_from(monkeypatch, 1000)
     monkeypatch.setattr(kernels_cpu, "_threads", kernels_cpu.threads())
     results = []
     for threads in (1, 2, 5):
