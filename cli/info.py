@@ -30,6 +30,15 @@ def blas_description() -> str:
     )
 
 
+def update_engine_description() -> str:
+    """Which engine runs Adam's and SGD's updates on NumPy arrays (fastnn.kernels_cpu)."""
+    from fastnn import kernels_cpu
+
+    if kernels_cpu.engine() == "numba":
+        return "numba (compiled loops)"
+    return "numpy (blocks of array operations; pip install 'fastnn[fast]' for numba's faster loops)"
+
+
 @click.command()
 def info() -> None:
     """Show the version, which backends run on this machine (and why not), and the BLAS."""
@@ -38,6 +47,7 @@ def info() -> None:
     console = Console()
     console.print(f"fastnn {__version__} · Python {platform.python_version()} · numpy {numpy.__version__}")
     console.print(escape(f"CPU: {platform.machine()}, {os.cpu_count()} cores · BLAS: {blas_description()}"))
+    console.print(escape(f"optimizer updates on the CPU: {update_engine_description()}"))
     table = Table("backend", "status", title="backends")
     for name, status in available_backends().items():
         style = "green" if status.startswith("ok") else "yellow"

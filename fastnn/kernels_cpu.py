@@ -6,8 +6,8 @@ temporaries and runs on one core. Here the same formulas run in place, in one of
 - ``"numba"`` (with the ``[fast]`` extra installed): one compiled loop per update, which reads each
   array once, keeps the element in registers through all the formula's steps, writes it once,
   the elements shared among the threads. Adam on the default
-  network's 3.7 million parameters: about 3 ms a step on 2 cores, against about 10 ms for the
-  blocks below.
+  network's 3.7 million parameters: 1.8-2.0 ms a step on 2 cores with warm caches (7 ms inside a
+  training step, where the moments come from memory), against 11.6 ms for the blocks below.
 - ``"numpy"`` (always there): the formulas with ``out=`` into a small scratch buffer, one
   cache-sized block at a time (each block's slices of parameter, gradient, moments and scratch stay
   in the core's cache across the dozen operations), the blocks of a large parameter shared among a

@@ -22,6 +22,12 @@ def test_info_lists_backends():
         assert name in result.output
 
 
+def test_info_names_the_optimizer_engine():
+    from fastnn import kernels_cpu
+
+    assert f"optimizer updates on the CPU: {kernels_cpu.engine()}" in " ".join(run("info").output.split())
+
+
 @pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is usable here")
 def test_info_says_why_the_gpu_backend_is_unavailable():
     reason = gpu_unavailable().split(" (")[0]  # "CuPy is not importable", "CuPy found no usable CUDA driver"
