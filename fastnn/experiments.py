@@ -128,7 +128,7 @@ def quick(base: TrainConfig, settings: ExperimentSettings, keep: Collection[str]
     return dataclasses.replace(base, **config_changes), dataclasses.replace(settings, quick=True, **setting_changes)
 
 
-# Settings added after studies were first recorded (fastnn.train.ADDED_LATER): at the value they had
+# Settings added after studies were first recorded (fastnn.config.ADDED_LATER): at the value they had
 # before they existed they are left out of a run's key, so that earlier records, which lack them,
 # still match and keep their folder names.
 

@@ -248,8 +248,8 @@ def test_evaluate_checkpoint_with_damaged_metadata_is_a_one_line_error(tmp_path,
 
     from fastnn.backend import get_backend
     from fastnn.checkpoint import save
+    from fastnn.config import TrainConfig
     from fastnn.network import Network
-    from fastnn.train import TrainConfig
 
     meta = {
         "config": TrainConfig(hidden=(3,)).to_dict(),
@@ -317,7 +317,8 @@ def _write_run(folder, stop_after=None):
     from _util import synthetic_split
 
     from fastnn.backend import get_backend
-    from fastnn.train import TrainConfig, run_training
+    from fastnn.config import TrainConfig
+    from fastnn.train import run_training
 
     config = TrainConfig(hidden=(8,), epochs=3, batch_size=64, augment=False, validation=150)
 
@@ -451,8 +452,8 @@ def test_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tm
 
 def test_resume_names_a_checkpoint_without_training_state(tmp_path, monkeypatch):
     from fastnn.checkpoint import save
+    from fastnn.config import TrainConfig
     from fastnn.network import Network
-    from fastnn.train import TrainConfig
 
     config = TrainConfig(hidden=(8,), epochs=3)
     save(tmp_path / "model.npz", Network([20, 8, 3], backend="cpu"), {"config": config.to_dict(), "history": []})

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import fastnn.experiments as experiments
 from fastnn.backend import get_backend
+from fastnn.config import TrainConfig
 from fastnn.experiments import (
     ExperimentError,
     ExperimentSettings,
@@ -29,7 +30,7 @@ from fastnn.experiments import (
     run_id,
     stats,
 )
-from fastnn.train import EpochRecord, NonFiniteLoss, RunResult, TrainConfig
+from fastnn.train import EpochRecord, NonFiniteLoss, RunResult
 from fastnn_cli.main import cli
 
 BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150, augment=False)

@@ -18,9 +18,9 @@ from array_api_compat.common import _aliases
 import fastnn.backend as backend_module
 import fastnn.train as train_module
 from fastnn.backend import CupyBackend, NumpyBackend
+from fastnn.config import TrainConfig
 from fastnn.network import Network
 from fastnn.optimizers import Adam
-from fastnn.train import TrainConfig
 
 
 class HostRead(AssertionError):

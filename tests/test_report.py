@@ -12,8 +12,9 @@ import pytest
 import fastnn.experiments as experiments
 import fastnn.report as report
 from fastnn.backend import get_backend
+from fastnn.config import TrainConfig
 from fastnn.experiments import ExperimentSettings, run_experiments
-from fastnn.train import EpochRecord, RunResult, TrainConfig
+from fastnn.train import EpochRecord, RunResult
 
 BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False, norm="none",
                    label_smoothing=0.0)
