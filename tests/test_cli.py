@@ -158,19 +158,19 @@ def run_with_training_replaced(monkeypatch, command, fake, *args):
     return result.exit_code, result.output.splitlines()[-1]
 
 
-def finish_epochs(count, on_epoch):
+def finish_epochs(count, listener):
     from fastnn.train import EpochRecord
 
     for epoch in range(1, count + 1):
-        on_epoch(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        listener.epoch_finished(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
 
 
 @pytest.mark.parametrize("epochs_done", [0, 2])
 def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, epochs_done):
     from fastnn.train import NonFiniteLoss
 
-    def diverge(config, split, backend, out_dir, on_epoch, **callbacks):
-        finish_epochs(epochs_done, on_epoch)
+    def diverge(config, split, backend, out_dir, listener, **kwargs):
+        finish_epochs(epochs_done, listener)
         raise NonFiniteLoss(f"the training loss became nan in epoch {epochs_done + 1}")
 
     code, last = run_with_training_replaced(monkeypatch, "train", diverge, "--epochs", "5", "--out", str(tmp_path))
@@ -182,8 +182,8 @@ def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, e
 
 
 def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch):
-    def interrupted(config, split, backend, out_dir, on_epoch, **callbacks):
-        finish_epochs(1, on_epoch)
+    def interrupted(config, split, backend, out_dir, listener, **kwargs):
+        finish_epochs(1, listener)
         raise KeyboardInterrupt
 
     code, last = run_with_training_replaced(monkeypatch, "train", interrupted, "--out", str(tmp_path))
@@ -204,7 +204,7 @@ def test_ctrl_c_during_experiments_says_the_same_command_resumes(tmp_path, monke
 
 
 def test_a_full_disk_during_training_is_a_one_line_error(tmp_path, monkeypatch):
-    def disk_full(config, split, backend, out_dir, on_epoch, **callbacks):
+    def disk_full(config, split, backend, out_dir, listener, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / ".model.npz.x.part"))
 
     code, last = run_with_training_replaced(monkeypatch, "train", disk_full, "--out", str(tmp_path))
@@ -318,16 +318,17 @@ def _write_run(folder, stop_after=None):
 
     from fastnn.backend import get_backend
     from fastnn.config import TrainConfig
-    from fastnn.train import run_training
+    from fastnn.train import TrainingListener, run_training
 
     config = TrainConfig(hidden=(8,), epochs=3, batch_size=64, augment=False, validation=150)
 
-    def stop(record, network):
-        if record.epoch == stop_after:
-            raise KeyboardInterrupt
+    class Stop(TrainingListener):
+        def epoch_finished(self, record, network):
+            if record.epoch == stop_after:
+                raise KeyboardInterrupt
 
     try:
-        run_training(config, synthetic_split(n_train=300), get_backend("cpu"), str(folder), on_epoch=stop)
+        run_training(config, synthetic_split(n_train=300), get_backend("cpu"), str(folder), listener=Stop())
     except KeyboardInterrupt:
         pass
     return config
