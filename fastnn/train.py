@@ -34,12 +34,16 @@ __all__ = [  # TrainConfig and the augmentation moved out; their old import path
 
 Array = Any
 
-def check_data(network: Network, x: Array, y: Array, batch_size: int) -> None:
-    """Refuse what would otherwise train or measure quietly wrong: a label count that differs from
-    the image count, labels that are not class indices of ``network`` (read once from the device,
-    before the batch loop), a batch size that is not a positive whole number."""
+def check_batch_size(batch_size: Any) -> None:
+    """A batch size is a whole number >= 1 (2.5 would slice wrongly, 0 would never end)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def check_data(network: Network, x: Array, y: Array) -> None:
+    """Refuse what would otherwise train or measure quietly wrong: a label count that differs from
+    the image count, labels that are not class indices of ``network`` (read once from the device,
+    before the batch loop)."""
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{y.shape[0]} labels for inputs of shape {tuple(x.shape)}: give one label per row")
     network.check_labels(y, values=True)
@@ -69,10 +73,16 @@ def train_epoch(
     memory (``Backend.gather_batches`` says what suits a device). With ``mixup`` each batch is
     mixed on the device and trained on soft targets; a prediction is then correct when it names the
     label with the larger share."""
-    check_data(network, x, y, batch_size)
+    check_batch_size(batch_size)
+    check_data(network, x, y)
     check_lr(lr)
     if augment:
         check_augmentable(x.shape[1])
+    return _train_epoch(network, optimizer, x, y, batch_size, lr, rng, augment, shift, gather, listener, mixup)
+
+
+def _train_epoch(network, optimizer, x, y, batch_size, lr, rng, augment, shift, gather, listener, mixup):
+    """:func:`train_epoch` on inputs already checked (the Trainer checks them once, before the first epoch)."""
     xp = namespace(x)
     n = x.shape[0]
     order = rng.permutation(n)
@@ -111,7 +121,13 @@ def evaluate(
     the same forward pass. With ``tta`` the class probabilities are averaged over each image and its
     mirror image (:func:`fastnn.augment.flip_averaged_probabilities`).
     """
-    check_data(network, x, y, batch_size)
+    check_batch_size(batch_size)
+    check_data(network, x, y)
+    return _evaluate(network, x, y, batch_size, return_predictions, tta)
+
+
+def _evaluate(network, x, y, batch_size=2000, return_predictions=False, tta=False):
+    """:func:`evaluate` on inputs already checked (the Trainer checks its validation set once)."""
     xp = namespace(x)
     n = x.shape[0]
     if n == 0:
@@ -258,13 +274,15 @@ class Trainer:
         checkpoints there).
         """
         cfg, b = self.config, self.backend
-        cfg.validate()
+        cfg.validate()  # the settings and, below, the data are checked here once, not again in each epoch
         if cfg.augment:
             check_augmentable(x_train.shape[1])
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
         # The data is only read, so on the CPU it may share the caller's memory (copy=False).
         x, y = b.asarray(x_train, cfg.dtype, copy=False), b.asarray(y_train, "int64", copy=False)
         xv, yv = b.asarray(x_val, cfg.dtype, copy=False), b.asarray(y_val, "int64", copy=False)
+        check_data(net, x, y)
+        check_data(net, xv, yv)
         b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         mixup = cfg.make_mixup()
@@ -291,20 +309,10 @@ class Trainer:
             self.listener.epoch_started(epoch, lr)
             b.synchronize()
             started = time.perf_counter()
-            loss_sum, correct = train_epoch(
-                net,
-                optimizer,
-                x,
-                y,
-                batch_size=cfg.batch_size,
-                lr=lr,
-                rng=rng,
-                augment=cfg.augment,
-                shift=cfg.shift,
-                gather=b.gather_batches,
-                listener=self.listener,
-                mixup=mixup,
-            )
+            loss_sum, correct = _train_epoch(
+                net, optimizer, x, y, cfg.batch_size, lr, rng, cfg.augment, cfg.shift, b.gather_batches, self.listener,
+                mixup,
+            )  # fmt: skip
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n
             b.synchronize()
             seconds = time.perf_counter() - started
@@ -315,7 +323,7 @@ class Trainer:
                     f"in epoch {epoch + 1} with learning rate {lr:.3g}; "
                     f"try a smaller learning rate (e.g. --lr {cfg.lr / 10:.3g})"
                 )
-            val_loss, val_acc = evaluate(net, xv, yv)
+            val_loss, val_acc = _evaluate(net, xv, yv)
             record = EpochRecord(epoch + 1, lr, train_loss, train_acc, val_loss, val_acc, seconds)
             self.history.append(record)
             self.progress = Progress(

@@ -144,11 +144,33 @@ def test_augmentation_of_non_images_is_refused():
 def test_config_validation_names_the_problem():
     with pytest.raises(ValueError, match="batch size must be >= 1"):
         _config(batch_size=0).validate()
+    with pytest.raises(ValueError, match=r"batch size must be >= 1 \(a whole number\), got 2.5"):
+        _config(batch_size=2.5).validate()
+    with pytest.raises(ValueError, match="learning rate must be a finite number > 0, got inf"):
+        _config(lr=float("inf")).validate()
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         _config(optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.from_dict({"learning_rate": 0.1})
     assert TrainConfig.from_dict(_config().to_dict()) == _config()
+
+
+def test_a_run_checks_its_data_once_not_every_epoch(monkeypatch):
+    """The Trainer checks the training and validation sets before the first epoch (and run_training
+    the test set before measuring it), not again in every epoch's batch loop and validation."""
+    import fastnn.train as train_module
+    from fastnn.backend import get_backend
+
+    checked, check_data = [], train_module.check_data
+
+    def counted(network, x, y):
+        checked.append(x.shape[0])
+        check_data(network, x, y)
+
+    monkeypatch.setattr(train_module, "check_data", counted)
+    split = _split(n_val=100)
+    run_training(_config(epochs=3), split, get_backend("cpu"))
+    assert checked == [len(split.y_train), len(split.y_val), len(split.y_test)] == [600, 100, 150]
 
 
 def _reference_augment(image, flip, dy, dx):
