@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fastnn.backend import BackendUnavailable, get_backend
+from fastnn.train import TrainingListener
 
 # Into a file or a pipe (a log), lines are not broken at 80 columns: one epoch, one line.
 console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
@@ -57,8 +58,9 @@ def load_split(data_dir: str | None, validation: int, split_seed: int, subset: i
         raise click.ClickException(str(exc)) from exc
 
 
-class TrainingDisplay:
-    """A batch progress bar within each epoch and one printed line per finished epoch."""
+class TrainingDisplay(TrainingListener):
+    """A batch progress bar within each epoch and one printed line per finished epoch; a context
+    manager, which shows the bar while it is open."""
 
     def __init__(self, total_epochs: int, label: str = ""):
         self.total_epochs, self.label = total_epochs, label
@@ -80,15 +82,15 @@ class TrainingDisplay:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
-    def epoch_start(self, epoch: int, lr: float) -> None:
+    def epoch_started(self, epoch: int, lr: float) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"{self.label}epoch {epoch + 1}/{self.total_epochs} lr {lr:.2e}", total=None)
 
-    def batch(self, done: int, total: int) -> None:
+    def batch_finished(self, done: int, total: int) -> None:
         self.progress.update(self.task, completed=done, total=total)
 
-    def epoch_end(self, record: Any, network: Any = None) -> None:
+    def epoch_finished(self, record: Any, network: Any = None) -> None:
         val = (
             ""
             if record.val_accuracy != record.val_accuracy

@@ -232,11 +232,9 @@ def experiments(
         # Only the settings the user did not give explicitly take their quick values.
         given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"}
         base, settings = quick(base, settings, keep=given)
-    try:
-        base.validate()
-        settings.validate()
+    try:  # base and settings are checked already: by their options' types and config_from_options
         require_matplotlib()  # before hours of training, not after
-    except (ValueError, ReportError) as exc:
+    except ReportError as exc:
         raise click.UsageError(str(exc)) from exc
     check_split_sizes(base.validation, base.subset)
     backend = resolve_backend(base.device)

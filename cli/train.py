@@ -23,6 +23,21 @@ from fastnn_cli.options import check_out_dir, check_split_sizes, config_from_opt
 from fastnn_cli.tensorboard import check_tensorboard, tensorboard_option
 
 
+class RunDisplay(TrainingDisplay):
+    """``fastnn train``'s display, which also notes each epoch whose checkpoint is written in
+    ``finished`` (for the messages of a run that stops) and logs it to TensorBoard (``board``)."""
+
+    def __init__(self, total_epochs: int, finished: list[int], board: TensorBoardLogger | None):
+        super().__init__(total_epochs)
+        self.finished, self.board = finished, board
+
+    def epoch_finished(self, record, network=None) -> None:
+        self.finished.append(record.epoch)
+        super().epoch_finished(record, network)
+        if self.board:
+            self.board.epoch(record, network)
+
+
 class Interrupted(click.ClickException):
     """Ctrl-C during training: one line saying what was kept, and the shell's exit code for SIGINT."""
 
@@ -175,13 +190,7 @@ def _train(
         + (", TF32 products" if config.tf32 and backend.name == "cupy" else "")
     )
 
-    def epoch_end(record, network):
-        finished.append(record.epoch)
-        display.epoch_end(record, network)
-        if board:
-            board.epoch(record, network)
-
-    with TrainingDisplay(config.epochs) as display:
+    with RunDisplay(config.epochs, finished, board) as display:
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is reported below
                 result = run_training(
@@ -189,9 +198,7 @@ def _train(
                     split,
                     backend,
                     str(out),
-                    on_epoch=epoch_end,
-                    on_batch=display.batch,
-                    on_epoch_start=display.epoch_start,
+                    listener=display,
                     resume=resume,
                 )
         except NonFiniteLoss as exc:

@@ -43,7 +43,7 @@ import numpy as np
 
 from fastnn.atomic import write_atomic
 from fastnn.config import ADDED_LATER, NORMS, TrainConfig
-from fastnn.train import EpochRecord, NonFiniteLoss, run_training
+from fastnn.train import EpochRecord, Listeners, NonFiniteLoss, TrainingListener, run_training
 
 RUN_FORMAT = "fastnn-experiment-run-1"
 # The numbers of RunResult.summary() that studies aggregate over seeds, in report order.
@@ -128,7 +128,7 @@ def quick(base: TrainConfig, settings: ExperimentSettings, keep: Collection[str]
     return dataclasses.replace(base, **config_changes), dataclasses.replace(settings, quick=True, **setting_changes)
 
 
-# Settings added after studies were first recorded (fastnn.train.ADDED_LATER): at the value they had
+# Settings added after studies were first recorded (fastnn.config.ADDED_LATER): at the value they had
 # before they existed they are left out of a run's key, so that earlier records, which lack them,
 # still match and keep their folder names.
 
@@ -463,8 +463,8 @@ def finished_runs(out_dir: str | Path) -> dict[str, RunRecord]:
 class Reporter:
     """What :func:`run_experiments` tells its caller as it goes; this one says nothing (the CLI prints).
 
-    ``training(run)`` returns the per-run display: a context manager with ``epoch_start(epoch, lr)``,
-    ``batch(done, total)`` and ``epoch_end(record, network)`` (the CLI's TrainingDisplay).
+    ``training(run)`` returns the per-run display: a :class:`fastnn.train.TrainingListener` that is a
+    context manager (the CLI's TrainingDisplay).
     """
 
     def phase(self, title: str, to_train: int, to_skip: int, shared: int) -> None:
@@ -484,7 +484,7 @@ class Reporter:
         return _Silent()
 
 
-class _Silent:
+class _Silent(TrainingListener):
     """A training display that shows nothing."""
 
     def __enter__(self) -> _Silent:
@@ -493,43 +493,31 @@ class _Silent:
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    def epoch_start(self, epoch: int, lr: float) -> None:
-        pass
 
-    def batch(self, done: int, total: int) -> None:
-        pass
+class _History(TrainingListener):
+    """The rows of the epochs a run finished: a diverged run's record keeps them."""
 
-    def epoch_end(self, record: Any, network: Any = None) -> None:
-        pass
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def epoch_finished(self, record: EpochRecord, network: Any) -> None:
+        self.rows.append(record.to_dict())
 
 
 def train_run(run: Run, split: Any, backend: Any, out_dir: str | Path, display: Any) -> RunRecord:
     """Train one run into ``out_dir/runs/<run-id>/`` and save its result.json, even if it diverged."""
     folder = Path(out_dir, "runs", run.run_id)
-    history: list[dict[str, Any]] = []
-
-    def epoch_end(record: Any, network: Any) -> None:
-        history.append(record.to_dict())
-        display.epoch_end(record, network)
-
+    history = _History()
     common = {"run_id": run.run_id, "label": run.label, "config": run.config.to_dict(), "backend": backend.name}
     # A learning rate too large (in the sweep) overflows before the loss turns non-finite; that is
     # recorded as "diverged", which NumPy's overflow warnings would only repeat, less clearly.
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            result = run_training(
-                run.config,
-                split,
-                backend,
-                str(folder),
-                on_epoch=epoch_end,
-                on_batch=display.batch,
-                on_epoch_start=display.epoch_start,
-            )
+            result = run_training(run.config, split, backend, str(folder), listener=Listeners(history, display))
     except NonFiniteLoss as exc:
         # Divergence is a result too (a too-large learning rate in the sweep): record it, so that a
         # resumed experiment does not train it again and the report can show it.
-        record = RunRecord(**common, status="diverged", summary=None, history=history, error=str(exc))
+        record = RunRecord(**common, status="diverged", summary=None, history=history.rows, error=str(exc))
     else:
         summary = result.summary()
         record = RunRecord(**common, status="ok", summary=summary, history=[r.to_dict() for r in result.history])

@@ -99,7 +99,7 @@ class Warmup(Schedule):
     """
 
     def __init__(self, schedule: Schedule, epochs: int):
-        super().__init__(schedule.lr)
+        self.lr = schedule.lr  # checked when ``schedule`` was made
         if epochs < 0:
             raise ValueError(f"warm-up epochs must be >= 0, got {epochs}")
         self.schedule, self.epochs = schedule, int(epochs)

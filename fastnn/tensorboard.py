@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fastnn.train import TrainingListener
+
 HINT = 'TensorBoard logs need tensorboardX: pip install "fastnn[tensorboard]"'
 SCALARS = {
     "loss/train": "train_loss",
@@ -76,8 +78,8 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class LoggedDisplay:
-    """A training display (``epoch_start``, ``batch``, ``epoch_end`` and a context manager, as the
+class LoggedDisplay(TrainingListener):
+    """A training display (a :class:`fastnn.train.TrainingListener` and a context manager, as the
     CLI's TrainingDisplay) that also logs each finished epoch to ``logger``, closed on exit."""
 
     def __init__(self, display: Any, logger: TensorBoardLogger):
@@ -93,14 +95,14 @@ class LoggedDisplay:
         finally:
             self.logger.close()
 
-    def epoch_start(self, epoch: int, lr: float) -> None:
-        self.display.epoch_start(epoch, lr)
+    def epoch_started(self, epoch: int, lr: float) -> None:
+        self.display.epoch_started(epoch, lr)
 
-    def batch(self, done: int, total: int) -> None:
-        self.display.batch(done, total)
+    def batch_finished(self, done: int, total: int) -> None:
+        self.display.batch_finished(done, total)
 
-    def epoch_end(self, record: Any, network: Any = None) -> None:
-        self.display.epoch_end(record, network)
+    def epoch_finished(self, record: Any, network: Any = None) -> None:
+        self.display.epoch_finished(record, network)
         self.logger.epoch(record, network)
 
 

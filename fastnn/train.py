@@ -4,8 +4,9 @@ Per epoch the training set is shuffled on the device and sliced into batches the
 the number of correct predictions are summed on the device and read back once, at the end of the
 epoch, together with the validation metrics. Nothing in the batch loop waits for the device.
 
-``Trainer`` runs a :class:`fastnn.config.TrainConfig` (every setting of a run); ``train_epoch`` is
-the batch loop alone (the benchmark times it). Augmentation is in :mod:`fastnn.augment`.
+``Trainer`` runs a :class:`fastnn.config.TrainConfig` (every setting of a run) and tells a
+:class:`TrainingListener` how it goes; ``train_epoch`` is the batch loop alone (the benchmark times
+it). Augmentation is in :mod:`fastnn.augment`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,16 +29,21 @@ from fastnn.optimizers import check_lr
 __all__ = [  # TrainConfig and the augmentation moved out; their old import paths still work
     "ADDED_LATER", "NORMS", "TrainConfig", "augment_images", "check_augmentable", "Trainer", "train_epoch",
     "evaluate", "run_training", "RunResult", "EpochRecord", "Progress", "NonFiniteLoss", "load_progress",
+    "TrainingListener", "Listeners",
 ]  # fmt: skip
 
 Array = Any
 
-def check_data(network: Network, x: Array, y: Array, batch_size: int) -> None:
-    """Refuse what would otherwise train or measure quietly wrong: a label count that differs from
-    the image count, labels that are not class indices of ``network`` (read once from the device,
-    before the batch loop), a batch size that is not a positive whole number."""
+def check_batch_size(batch_size: Any) -> None:
+    """A batch size is a whole number >= 1 (2.5 would slice wrongly, 0 would never end)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def check_data(network: Network, x: Array, y: Array) -> None:
+    """Refuse what would otherwise train or measure quietly wrong: a label count that differs from
+    the image count, labels that are not class indices of ``network`` (read once from the device,
+    before the batch loop)."""
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{y.shape[0]} labels for inputs of shape {tuple(x.shape)}: give one label per row")
     network.check_labels(y, values=True)
@@ -56,22 +61,28 @@ def train_epoch(
     augment: bool = False,
     shift: int = 2,
     gather: int = 1,
-    on_batch: Callable[[int], None] | None = None,
+    listener: TrainingListener | None = None,
     mixup: Mixup | None = None,
 ) -> tuple[Array, Array]:
     """One pass over ``(x, y)`` in a random order; returns (sum of batch losses x batch sizes,
-    number correct), both still on the device. ``on_batch(done)`` is called after each batch
-    with the number of examples done so far (host-side bookkeeping only).
+    number correct), both still on the device. ``listener.batch_finished(done, n)`` is called after
+    each batch with the number of examples done so far.
 
     ``gather`` batches are gathered (and augmented) together, then trained on one by one: the same
     rows in the same batches whatever its value, with fewer array operations per batch for more
     memory (``Backend.gather_batches`` says what suits a device). With ``mixup`` each batch is
     mixed on the device and trained on soft targets; a prediction is then correct when it names the
     label with the larger share."""
-    check_data(network, x, y, batch_size)
+    check_batch_size(batch_size)
+    check_data(network, x, y)
     check_lr(lr)
     if augment:
         check_augmentable(x.shape[1])
+    return _train_epoch(network, optimizer, x, y, batch_size, lr, rng, augment, shift, gather, listener, mixup)
+
+
+def _train_epoch(network, optimizer, x, y, batch_size, lr, rng, augment, shift, gather, listener, mixup):
+    """:func:`train_epoch` on inputs already checked (the Trainer checks them once, before the first epoch)."""
     xp = namespace(x)
     n = x.shape[0]
     order = rng.permutation(n)
@@ -90,8 +101,8 @@ def train_epoch(
             loss, n_correct = network.train_step(x_batch, targets, optimizer, lr)
             loss_sum = loss_sum + loss * (stop - start)
             correct = correct + n_correct
-            if on_batch is not None:
-                on_batch(first + stop)
+            if listener is not None:
+                listener.batch_finished(first + stop, n)
     return loss_sum, correct
 
 
@@ -110,7 +121,13 @@ def evaluate(
     the same forward pass. With ``tta`` the class probabilities are averaged over each image and its
     mirror image (:func:`fastnn.augment.flip_averaged_probabilities`).
     """
-    check_data(network, x, y, batch_size)
+    check_batch_size(batch_size)
+    check_data(network, x, y)
+    return _evaluate(network, x, y, batch_size, return_predictions, tta)
+
+
+def _evaluate(network, x, y, batch_size=2000, return_predictions=False, tta=False):
+    """:func:`evaluate` on inputs already checked (the Trainer checks its validation set once)."""
     xp = namespace(x)
     n = x.shape[0]
     if n == 0:
@@ -184,19 +201,54 @@ class EpochRecord:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+class TrainingListener:
+    """What a training run tells as it goes. Each method does nothing here: subclass it and override
+    the ones you need (the command line's progress bar, the experiments' per-run history, tune's
+    pruning). An exception raised in a method stops the run.
+
+    ``batch_finished`` is called inside the batch loop, which never waits for the device: it gets host
+    numbers only, and must not read a device array (``float``, ``int`` or ``to_numpy`` of one), or
+    every batch would wait for the one before it to finish.
+    """
+
+    def epoch_started(self, epoch: int, lr: float) -> None:
+        """Epoch ``epoch`` (counted from 0) starts, with learning rate ``lr``."""
+
+    def batch_finished(self, done: int, total: int) -> None:
+        """``done`` of the epoch's ``total`` training examples have been trained on."""
+
+    def epoch_finished(self, record: EpochRecord, network: Network) -> None:
+        """An epoch ended: its numbers (``record.epoch`` counts from 1) and the network after it.
+        ``Trainer.progress`` is up to date, and ``run_training`` has written the epoch's checkpoint."""
+
+
+class Listeners(TrainingListener):
+    """Several listeners as one, each told in turn in the order given (``None`` entries are left out)."""
+
+    def __init__(self, *listeners: TrainingListener | None):
+        self.listeners = [listener for listener in listeners if listener is not None]
+
+    def epoch_started(self, epoch: int, lr: float) -> None:
+        for listener in self.listeners:
+            listener.epoch_started(epoch, lr)
+
+    def batch_finished(self, done: int, total: int) -> None:
+        for listener in self.listeners:
+            listener.batch_finished(done, total)
+
+    def epoch_finished(self, record: EpochRecord, network: Network) -> None:
+        for listener in self.listeners:
+            listener.epoch_finished(record, network)
+
+
 @dataclass
 class Trainer:
-    """Runs a :class:`TrainConfig` on a backend over host data already split and standardised.
-
-    ``on_epoch(record)`` is called after each epoch (the CLI prints, checkpoints and logs there);
-    ``on_batch(done, total)`` after each batch.
-    """
+    """Runs a :class:`TrainConfig` on a backend over host data already split and standardised,
+    telling ``listener`` as it goes (the CLI prints, checkpoints and logs there)."""
 
     config: TrainConfig
     backend: Any
-    on_epoch: Callable[[EpochRecord, Network], None] | None = None
-    on_batch: Callable[[int, int], None] | None = None
-    on_epoch_start: Callable[[int, float], None] | None = None
+    listener: TrainingListener = field(default_factory=TrainingListener)
     history: list[EpochRecord] = field(default_factory=list)
     progress: Progress | None = None
 
@@ -214,20 +266,23 @@ class Trainer:
 
         With ``resume`` (the ``progress`` of an earlier run of the same config, and its ``network``
         and ``history``) training continues after its last epoch and ends as that run would have.
-        ``self.progress`` is brought up to date after every epoch, before ``on_epoch``.
+        ``self.progress`` is brought up to date after every epoch, before ``listener.epoch_finished``.
 
         Raises :class:`NonFiniteLoss` when an epoch's training loss is NaN, infinite or over
         :data:`DIVERGENCE_FACTOR` times the untrained loss. The network's weights are then those of
-        the failed epoch; ``on_epoch`` is where the good ones are saved (``run_training`` checkpoints there).
+        the failed epoch; ``listener.epoch_finished`` is where the good ones are saved (``run_training``
+        checkpoints there).
         """
         cfg, b = self.config, self.backend
-        cfg.validate()
+        cfg.validate()  # the settings and, below, the data are checked here once, not again in each epoch
         if cfg.augment:
             check_augmentable(x_train.shape[1])
         net = network or cfg.make_network(b, x_train.shape[1], n_classes)
         # The data is only read, so on the CPU it may share the caller's memory (copy=False).
         x, y = b.asarray(x_train, cfg.dtype, copy=False), b.asarray(y_train, "int64", copy=False)
         xv, yv = b.asarray(x_val, cfg.dtype, copy=False), b.asarray(y_val, "int64", copy=False)
+        check_data(net, x, y)
+        check_data(net, xv, yv)
         b.set_tf32(cfg.tf32)  # every run says which precision it trains in, whatever ran before it
         optimizer, schedule, rng = cfg.make_optimizer(), cfg.make_schedule(), b.rng(cfg.seed + 1)
         mixup = cfg.make_mixup()
@@ -251,24 +306,13 @@ class Trainer:
             self.progress = resume
         for epoch in range(first_epoch, cfg.epochs):
             lr = schedule(epoch)
-            if self.on_epoch_start:
-                self.on_epoch_start(epoch, lr)
+            self.listener.epoch_started(epoch, lr)
             b.synchronize()
             started = time.perf_counter()
-            loss_sum, correct = train_epoch(
-                net,
-                optimizer,
-                x,
-                y,
-                batch_size=cfg.batch_size,
-                lr=lr,
-                rng=rng,
-                augment=cfg.augment,
-                shift=cfg.shift,
-                gather=b.gather_batches,
-                on_batch=(lambda done: self.on_batch(done, n)) if self.on_batch else None,
-                mixup=mixup,
-            )
+            loss_sum, correct = _train_epoch(
+                net, optimizer, x, y, cfg.batch_size, lr, rng, cfg.augment, cfg.shift, b.gather_batches, self.listener,
+                mixup,
+            )  # fmt: skip
             train_loss, train_acc = float(loss_sum) / n, int(correct) / n
             b.synchronize()
             seconds = time.perf_counter() - started
@@ -279,7 +323,7 @@ class Trainer:
                     f"in epoch {epoch + 1} with learning rate {lr:.3g}; "
                     f"try a smaller learning rate (e.g. --lr {cfg.lr / 10:.3g})"
                 )
-            val_loss, val_acc = evaluate(net, xv, yv)
+            val_loss, val_acc = _evaluate(net, xv, yv)
             record = EpochRecord(epoch + 1, lr, train_loss, train_acc, val_loss, val_acc, seconds)
             self.history.append(record)
             self.progress = Progress(
@@ -291,8 +335,7 @@ class Trainer:
                 loss_limit,
                 mixup.get_state() if mixup is not None else None,
             )
-            if self.on_epoch:
-                self.on_epoch(record, net)
+            self.listener.epoch_finished(record, net)
         return net
 
 
@@ -326,9 +369,7 @@ def run_training(
     backend: Any,
     out_dir: str | None = None,
     *,
-    on_epoch: Callable[[EpochRecord, Network], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-    on_epoch_start: Callable[[int, float], None] | None = None,
+    listener: TrainingListener | None = None,
     resume: bool = False,
 ) -> RunResult:
     """Train ``config`` on a prepared split (``fastnn.data.prepare``) and measure the test set once.
@@ -337,42 +378,22 @@ def run_training(
     :class:`Progress`, and at the end the test results) and ``metrics.jsonl`` are rewritten
     atomically after every epoch, so a run that stops early (e.g. on a non-finite loss) leaves the
     last good epoch's checkpoint. With ``resume`` the run in ``out_dir`` (of this ``config``)
-    continues from that checkpoint.
+    continues from that checkpoint. ``listener`` hears of each epoch after its checkpoint is written.
     """
     from pathlib import Path
 
-    from fastnn import checkpoint
-    from fastnn.atomic import write_jsonl
-
-    out = Path(out_dir) if out_dir is not None else None
     meta = {
         "config": config.to_dict(),
         "normalization": {"mean": [float(m) for m in split.mean], "std": [float(s) for s in split.std]},
         "class_names": list(split.class_names),
         "backend": backend.name,
     }
-
-    def save(network: Network, trainer: Trainer, results: dict[str, Any] | None = None) -> None:
-        history = [r.to_dict() for r in trainer.history]
-        progress = trainer.progress
-        checkpoint.save(
-            out / "model.npz",
-            network,
-            {**meta, "history": history, "results": results, "progress": progress.meta()},
-            progress.optimizer_state,
-        )
-        write_jsonl(out / "metrics.jsonl", history)
-
-    def epoch_done(record: EpochRecord, network: Network) -> None:
-        if out is not None:
-            save(network, trainer, None)
-        if on_epoch:
-            on_epoch(record, network)
-
-    trainer = Trainer(config, backend, on_epoch=epoch_done, on_batch=on_batch, on_epoch_start=on_epoch_start)
+    trainer = Trainer(config, backend)
+    files = _RunFiles(Path(out_dir), meta, trainer) if out_dir is not None else None
+    trainer.listener = Listeners(files, listener)  # the checkpoint is written before the caller hears of it
     network, progress = None, None
     if resume:
-        network, trainer.history, progress = load_progress(out / "model.npz", backend)
+        network, trainer.history, progress = load_progress(Path(out_dir) / "model.npz", backend)
     started = time.perf_counter()
     network = trainer.fit(
         split.x_train,
@@ -391,9 +412,29 @@ def run_training(
         tta=config.tta,
     )
     result = RunResult(config, network, trainer.history, test_loss, test_accuracy, seconds)
-    if out is not None:
-        save(network, trainer, result.summary())
+    if files is not None:
+        files.save(network, result.summary())
     return result
+
+
+class _RunFiles(TrainingListener):
+    """``run_training``'s files in ``out``: ``model.npz`` (``meta``, the trainer's history and
+    progress, the network) and ``metrics.jsonl``, each rewritten whole after every epoch."""
+
+    def __init__(self, out: Any, meta: dict[str, Any], trainer: Trainer):
+        self.out, self.meta, self.trainer = out, meta, trainer
+
+    def epoch_finished(self, record: EpochRecord, network: Network) -> None:
+        self.save(network)
+
+    def save(self, network: Network, results: dict[str, Any] | None = None) -> None:
+        from fastnn import checkpoint
+        from fastnn.atomic import write_jsonl
+
+        history, progress = [r.to_dict() for r in self.trainer.history], self.trainer.progress
+        meta = {**self.meta, "history": history, "results": results, "progress": progress.meta()}
+        checkpoint.save(self.out / "model.npz", network, meta, progress.optimizer_state)
+        write_jsonl(self.out / "metrics.jsonl", history)
 
 
 def load_progress(path: Any, backend: Any) -> tuple[Network, list[EpochRecord], Progress]:

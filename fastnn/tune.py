@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastnn.config import TrainConfig
+from fastnn.train import Trainer, TrainingListener, run_training
 
 # Settings that shape the data every trial must share, or that choose the machine: fixed only.
 NOT_TUNABLE = ("validation", "split_seed", "subset", "device", "dtype")
@@ -362,7 +363,6 @@ def run_worker(settings: StudySettings, worker: int = 0, on_trial: Any = None) -
     import optuna
 
     from fastnn.backend import get_backend
-    from fastnn.train import Trainer
 
     space = load_space(settings.space_path)
     seed = None if settings.seed is None else settings.seed + worker  # workers sample different points
@@ -373,12 +373,7 @@ def run_worker(settings: StudySettings, worker: int = 0, on_trial: Any = None) -
     def objective(trial: Any) -> float:
         config = space.config({d.name: d.suggest(trial) for d in space.tuned})
 
-        def report(record: Any, network: Any) -> None:
-            trial.report(record.val_accuracy, record.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record.epoch}")
-
-        trainer = Trainer(config, backend, on_epoch=report)
+        trainer = Trainer(config, backend, listener=_Pruning(trial))
         try:  # a too-large learning rate overflows before the loss turns non-finite: the error says it
             with np.errstate(over="ignore", invalid="ignore"):
                 trainer.fit(split.x_train, split.y_train, split.x_val, split.y_val, n_classes=len(split.class_names))
@@ -400,6 +395,21 @@ def run_worker(settings: StudySettings, worker: int = 0, on_trial: Any = None) -
 
     if finished_trials(study) < settings.trials:
         study.optimize(objective, timeout=settings.timeout, callbacks=[enough], catch=(ValueError, RuntimeError))
+
+
+class _Pruning(TrainingListener):
+    """Reports each epoch's validation accuracy to an Optuna trial, and stops the trial when the
+    study's pruner says so."""
+
+    def __init__(self, trial: Any):
+        self.trial = trial
+
+    def epoch_finished(self, record: Any, network: Any) -> None:
+        import optuna
+
+        self.trial.report(record.val_accuracy, record.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {record.epoch}")
 
 
 def _worker_main(settings: StudySettings, worker: int) -> None:
@@ -459,7 +469,6 @@ def run_workers(settings: StudySettings, workers: int, on_trial: Any = None) -> 
 def train_best(study: Any, space: Space, data_dir: str | None, out: Path) -> Any:
     """Train the best trial's config again (same seed) and measure it on the test set, once."""
     from fastnn.backend import get_backend
-    from fastnn.train import run_training
 
     config = space.config(trial_values(space, study.best_trial.params))
     split = load_trial_split(space, data_dir)

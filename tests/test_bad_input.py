@@ -102,8 +102,8 @@ def test_a_config_file_that_is_not_utf8_is_named(no_data, tmp_path):
 def _checkpoint(path, change=lambda meta: None, sizes=(3072, 3, 10)):
     from fastnn.backend import get_backend
     from fastnn.checkpoint import save
+    from fastnn.config import TrainConfig
     from fastnn.network import Network
-    from fastnn.train import TrainConfig
 
     meta = {
         "config": TrainConfig(hidden=tuple(sizes[1:-1])).to_dict(),

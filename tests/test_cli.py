@@ -164,19 +164,19 @@ def run_with_training_replaced(monkeypatch, command, fake, *args):
     return result.exit_code, result.output.splitlines()[-1]
 
 
-def finish_epochs(count, on_epoch):
+def finish_epochs(count, listener):
     from fastnn.train import EpochRecord
 
     for epoch in range(1, count + 1):
-        on_epoch(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
+        listener.epoch_finished(EpochRecord(epoch, 1e-3, 1.0, 0.5, 1.0, 0.5, 1.0), None)
 
 
 @pytest.mark.parametrize("epochs_done", [0, 2])
 def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, epochs_done):
     from fastnn.train import NonFiniteLoss
 
-    def diverge(config, split, backend, out_dir, on_epoch, **callbacks):
-        finish_epochs(epochs_done, on_epoch)
+    def diverge(config, split, backend, out_dir, listener, **kwargs):
+        finish_epochs(epochs_done, listener)
         raise NonFiniteLoss(f"the training loss became nan in epoch {epochs_done + 1}")
 
     code, last = run_with_training_replaced(monkeypatch, "train", diverge, "--epochs", "5", "--out", str(tmp_path))
@@ -188,8 +188,8 @@ def test_divergence_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch, e
 
 
 def test_ctrl_c_during_training_says_what_was_kept(tmp_path, monkeypatch):
-    def interrupted(config, split, backend, out_dir, on_epoch, **callbacks):
-        finish_epochs(1, on_epoch)
+    def interrupted(config, split, backend, out_dir, listener, **kwargs):
+        finish_epochs(1, listener)
         raise KeyboardInterrupt
 
     code, last = run_with_training_replaced(monkeypatch, "train", interrupted, "--out", str(tmp_path))
@@ -210,7 +210,7 @@ def test_ctrl_c_during_experiments_says_the_same_command_resumes(tmp_path, monke
 
 
 def test_a_full_disk_during_training_is_a_one_line_error(tmp_path, monkeypatch):
-    def disk_full(config, split, backend, out_dir, on_epoch, **callbacks):
+    def disk_full(config, split, backend, out_dir, listener, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / ".model.npz.x.part"))
 
     code, last = run_with_training_replaced(monkeypatch, "train", disk_full, "--out", str(tmp_path))
@@ -254,8 +254,8 @@ def test_evaluate_checkpoint_with_damaged_metadata_is_a_one_line_error(tmp_path,
 
     from fastnn.backend import get_backend
     from fastnn.checkpoint import save
+    from fastnn.config import TrainConfig
     from fastnn.network import Network
-    from fastnn.train import TrainConfig
 
     meta = {
         "config": TrainConfig(hidden=(3,)).to_dict(),
@@ -323,16 +323,18 @@ def _write_run(folder, stop_after=None):
     from _util import synthetic_split
 
     from fastnn.backend import get_backend
-    from fastnn.train import TrainConfig, run_training
+    from fastnn.config import TrainConfig
+    from fastnn.train import TrainingListener, run_training
 
     config = TrainConfig(hidden=(8,), epochs=3, batch_size=64, augment=False, validation=150)
 
-    def stop(record, network):
-        if record.epoch == stop_after:
-            raise KeyboardInterrupt
+    class Stop(TrainingListener):
+        def epoch_finished(self, record, network):
+            if record.epoch == stop_after:
+                raise KeyboardInterrupt
 
     try:
-        run_training(config, synthetic_split(n_train=300), get_backend("cpu"), str(folder), on_epoch=stop)
+        run_training(config, synthetic_split(n_train=300), get_backend("cpu"), str(folder), listener=Stop())
     except KeyboardInterrupt:
         pass
     return config
@@ -457,8 +459,8 @@ def test_divergence_stops_with_one_line_and_no_numpy_warnings(learnable_data, tm
 
 def test_resume_names_a_checkpoint_without_training_state(tmp_path, monkeypatch):
     from fastnn.checkpoint import save
+    from fastnn.config import TrainConfig
     from fastnn.network import Network
-    from fastnn.train import TrainConfig
 
     config = TrainConfig(hidden=(8,), epochs=3)
     save(tmp_path / "model.npz", Network([20, 8, 3], backend="cpu"), {"config": config.to_dict(), "history": []})

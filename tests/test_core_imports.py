@@ -11,6 +11,15 @@ import pytest
 CORE = ["layers.py", "losses.py", "regularizers.py", "optimizers.py", "schedules.py", "network.py", "augment.py"]
 SETTINGS = ["config.py"]  # the run settings: above the core, but still free of numpy and cupy
 ROOT = Path(__file__).resolve().parents[1] / "fastnn"
+CORE_AND_BACKEND = {"fastnn.backend"} | {f"fastnn.{name.removesuffix('.py')}" for name in CORE}
+
+
+def _fastnn_imports(module: str) -> set[str]:
+    """The fastnn modules that ``module`` (a file of fastnn/) imports, at its top or inside functions."""
+    tree = ast.parse((ROOT / module).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return {name for name in imported if name.startswith("fastnn")}
 
 
 @pytest.mark.parametrize("module", CORE + SETTINGS)
@@ -29,12 +38,28 @@ def test_core_module_imports_neither_numpy_nor_cupy(module):
 def test_core_module_imports_only_the_core_and_the_backend(module):
     """Layers: the math core sits below the run settings (config), the training loop, the data and
     the command line, so that it can be read, and used, without them."""
-    tree = ast.parse((ROOT / module).read_text())
-    allowed = {"fastnn.backend"} | {f"fastnn.{name.removesuffix('.py')}" for name in CORE}
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    outside = {name for name in imported if name.startswith("fastnn") and name not in allowed}
+    outside = _fastnn_imports(module) - CORE_AND_BACKEND
     assert not outside, f"{module} imports {outside}"
+
+
+def test_the_run_settings_sit_on_the_core_below_the_training_loop():
+    """fastnn.config (TrainConfig) builds from the core's registries and is read by the training loop,
+    the experiments, tune and the command line: it imports the core and the backend only, never
+    fastnn.train or anything above it."""
+    outside = _fastnn_imports("config.py") - CORE_AND_BACKEND
+    assert not outside, f"config.py imports {outside}"
+
+
+def test_moved_names_still_import_from_fastnn_train():
+    """TrainConfig and the augmentation moved out of fastnn.train; its old import paths give the same objects."""
+    import fastnn.augment
+    import fastnn.config
+    import fastnn.train
+
+    for name in ("TrainConfig", "NORMS", "ADDED_LATER"):
+        assert getattr(fastnn.train, name) is getattr(fastnn.config, name)
+    for name in ("augment_images", "check_augmentable"):
+        assert getattr(fastnn.train, name) is getattr(fastnn.augment, name)
 
 
 def test_the_data_and_the_atomic_writes_sit_below_the_network():

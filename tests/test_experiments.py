@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import fastnn.experiments as experiments
 from fastnn.backend import get_backend
+from fastnn.config import TrainConfig
 from fastnn.experiments import (
     ExperimentError,
     ExperimentSettings,
@@ -29,7 +30,7 @@ from fastnn.experiments import (
     run_id,
     stats,
 )
-from fastnn.train import EpochRecord, NonFiniteLoss, RunResult, TrainConfig
+from fastnn.train import EpochRecord, NonFiniteLoss, RunResult
 from fastnn_cli.main import cli
 
 BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150, augment=False)
@@ -46,17 +47,17 @@ class FakeTraining:
     def __init__(self, val=lambda c: 0.5, test=lambda c: 0.5, diverge=()):
         self.val, self.test, self.diverge, self.calls = val, test, set(diverge), []
 
-    def __call__(self, config, split, backend, out_dir=None, *, on_epoch=None, on_batch=None, on_epoch_start=None):
+    def __call__(self, config, split, backend, out_dir=None, *, listener=None):
         self.calls.append(config)
         history = []
         for epoch in range(config.epochs):
             if config.lr in self.diverge and epoch == 1:
                 raise NonFiniteLoss(f"loss became nan with learning rate {config.lr}")
-            on_epoch_start(epoch, config.lr)
+            listener.epoch_started(epoch, config.lr)
             val_accuracy = self.val(config) - 0.01 * epoch  # the best is the first epoch's
             record = EpochRecord(epoch + 1, config.lr, 1.0 / (epoch + 1), 0.6, 1.0, val_accuracy, 0.1)
             history.append(record)
-            on_epoch(record, None)
+            listener.epoch_finished(record, None)
         return RunResult(config, None, history, 1.0, self.test(config), 0.3)
 
 

@@ -18,9 +18,9 @@ from array_api_compat.common import _aliases
 import fastnn.backend as backend_module
 import fastnn.train as train_module
 from fastnn.backend import CupyBackend, NumpyBackend
+from fastnn.config import TrainConfig
 from fastnn.network import Network
 from fastnn.optimizers import Adam
-from fastnn.train import TrainConfig
 
 
 class HostRead(AssertionError):
@@ -160,10 +160,18 @@ def test_the_stand_in_catches_the_reads_it_is_for(guarded_device):
         DeviceArray.guarded = False
 
 
+class HostNumbersOnly(train_module.TrainingListener):
+    """A listener that checks that the batch loop tells it Python numbers, not device arrays."""
+
+    def batch_finished(self, done, total):
+        assert type(done) is int and type(total) is int, (type(done), type(total))
+
+
 @pytest.mark.parametrize("augment", [True, False], ids=["augment", "plain"])
 def test_train_epoch_reads_nothing_from_the_device_in_its_batch_loop(guarded_device, augment):
     """A whole epoch as fastnn train runs it on a GPU (8 batches gathered at once, Adam), with
-    augmentation (the default) and without; the sums it returns are the epoch's one read."""
+    augmentation (the default) and without, telling a listener after each batch; the sums it returns
+    are the epoch's one read."""
     rng = np.random.default_rng(0)
     network = Network([3072, 16, 10], backend=NumpyBackend())
     for layer in network.layers:
@@ -172,8 +180,9 @@ def test_train_epoch_reads_nothing_from_the_device_in_its_batch_loop(guarded_dev
     x = on_device(rng.normal(size=(100, 3072)).astype(np.float32))
     y = on_device(rng.integers(0, 10, 100))
     loss_sum, correct = train_module.train_epoch(
-        network, Adam(), x, y, batch_size=8, lr=1e-3, rng=guarded_device.rng(0), augment=augment, gather=8
-    )
+        network, Adam(), x, y, batch_size=8, lr=1e-3, rng=guarded_device.rng(0), augment=augment, gather=8,
+        listener=HostNumbersOnly(),
+    )  # fmt: skip
     DeviceArray.guarded = False
     assert np.isfinite(float(loss_sum)) and 0 <= int(correct) <= 100
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import fastnn_cli.evaluate as evaluate_module
 from fastnn import checkpoint
 from fastnn.backend import get_backend
+from fastnn.config import TrainConfig
 from fastnn.data.cifar10 import CLASS_NAMES, Cifar10Raw, prepare
 from fastnn.inspect import (
     DPI,
@@ -27,7 +28,7 @@ from fastnn.inspect import (
     read_metrics,
     weight_tiles,
 )
-from fastnn.train import TrainConfig, run_training
+from fastnn.train import run_training
 from fastnn_cli.main import cli
 
 pytest.importorskip("matplotlib")

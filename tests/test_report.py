@@ -12,8 +12,9 @@ import pytest
 import fastnn.experiments as experiments
 import fastnn.report as report
 from fastnn.backend import get_backend
+from fastnn.config import TrainConfig
 from fastnn.experiments import ExperimentSettings, run_experiments
-from fastnn.train import EpochRecord, RunResult, TrainConfig
+from fastnn.train import EpochRecord, RunResult
 
 BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False, norm="none",
                    label_smoothing=0.0)
@@ -142,7 +143,7 @@ def test_missing_matplotlib_says_how_to_install(result, tmp_path, monkeypatch):
 def test_many_runs_still_fit_three_pages(tmp_path, monkeypatch):
     """Five seeds and larger sweeps: the tables shrink their font, the page count stays."""
 
-    def fake_training(config, split, backend, out_dir=None, *, on_epoch=None, on_batch=None, on_epoch_start=None):
+    def fake_training(config, split, backend, out_dir=None, *, listener=None):
         history = [EpochRecord(e, config.lr, 1.0 / e, 0.5, 1.0, 0.3 + 0.01 * e + config.seed / 100, 0.1)
                    for e in range(1, config.epochs + 1)]  # fmt: skip
         return RunResult(config, None, history, 1.0, 0.4 + config.seed / 100, 1.0)

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from fastnn.augment import hflip
 from fastnn.backend import get_backend
 from fastnn.checkpoint import load
+from fastnn.config import TrainConfig
 from fastnn.layers import BatchNorm, LayerNorm, Residual
 from fastnn.losses import softmax
 from fastnn.network import Network
 from fastnn.optimizers import AdamW
-from fastnn.train import TrainConfig, evaluate, run_training
+from fastnn.train import evaluate, run_training
 from fastnn_cli.main import cli
 
 RECIPES = Path(__file__).parent.parent / "recipes"

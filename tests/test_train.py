@@ -9,7 +9,7 @@ from _util import synthetic_split
 from fastnn.augment import augment_images
 from fastnn.checkpoint import load
 from fastnn.config import TrainConfig
-from fastnn.train import NonFiniteLoss, evaluate, run_training
+from fastnn.train import NonFiniteLoss, TrainingListener, evaluate, run_training
 
 
 def _split(**kwargs):
@@ -22,11 +22,43 @@ def _config(**changes):
     return TrainConfig(**{**base, **changes})
 
 
+class Recorder(TrainingListener):
+    """Every call a run makes to its listener, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def epoch_started(self, epoch, lr):
+        self.calls.append(("started", epoch, lr))
+
+    def batch_finished(self, done, total):
+        self.calls.append(("batch", done, total))
+
+    def epoch_finished(self, record, network):
+        self.calls.append(("finished", record.epoch, record.lr))
+
+
+class AfterEpoch(TrainingListener):
+    """Calls ``act(record, network)`` after each epoch."""
+
+    def __init__(self, act):
+        self.act = act
+
+    def epoch_finished(self, record, network):
+        self.act(record, network)
+
+
 def test_full_short_run_on_every_backend(backend, tmp_path):
     split = _split()
-    epochs_seen = []
-    result = run_training(_config(), split, backend, str(tmp_path), on_epoch=lambda r, n: epochs_seen.append(r.epoch))
-    assert epochs_seen == [1, 2, 3, 4]
+    recorder = Recorder()
+    result = run_training(_config(), split, backend, str(tmp_path), listener=recorder)
+    n, batches = len(split.y_train), -(-len(split.y_train) // 64)
+    for epoch in range(4):  # each epoch: started, a call per batch up to all n examples, finished
+        lr = pytest.approx(0.01 * np.exp(-0.1 * epoch))
+        calls = recorder.calls[epoch * (batches + 2) : (epoch + 1) * (batches + 2)]
+        assert calls[0] == ("started", epoch, lr) and calls[-1] == ("finished", epoch + 1, lr)
+        assert calls[1:-1] == [("batch", min(64 * (b + 1), n), n) for b in range(batches)]
+    assert len(recorder.calls) == 4 * (batches + 2)
     assert result.test_accuracy >= 0.95
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
@@ -95,7 +127,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
             network.layers[0].params["W"][0, 0] = np.inf
 
     with pytest.raises(NonFiniteLoss, match="epoch 3"), np.errstate(all="ignore"):
-        run_training(_config(epochs=4), _split(), backend, str(tmp_path), on_epoch=break_after_epoch_two)
+        run_training(_config(epochs=4), _split(), backend, str(tmp_path), listener=AfterEpoch(break_after_epoch_two))
     network, meta = load(tmp_path / "model.npz", backend)
     assert [row["epoch"] for row in meta["history"]] == [1, 2]
     assert all(np.all(np.isfinite(backend.to_numpy(p))) for _, p in network.parameters())
@@ -112,11 +144,33 @@ def test_augmentation_of_non_images_is_refused():
 def test_config_validation_names_the_problem():
     with pytest.raises(ValueError, match="batch size must be >= 1"):
         _config(batch_size=0).validate()
+    with pytest.raises(ValueError, match=r"batch size must be >= 1 \(a whole number\), got 2.5"):
+        _config(batch_size=2.5).validate()
+    with pytest.raises(ValueError, match="learning rate must be a finite number > 0, got inf"):
+        _config(lr=float("inf")).validate()
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         _config(optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.from_dict({"learning_rate": 0.1})
     assert TrainConfig.from_dict(_config().to_dict()) == _config()
+
+
+def test_a_run_checks_its_data_once_not_every_epoch(monkeypatch):
+    """The Trainer checks the training and validation sets before the first epoch (and run_training
+    the test set before measuring it), not again in every epoch's batch loop and validation."""
+    import fastnn.train as train_module
+    from fastnn.backend import get_backend
+
+    checked, check_data = [], train_module.check_data
+
+    def counted(network, x, y):
+        checked.append(x.shape[0])
+        check_data(network, x, y)
+
+    monkeypatch.setattr(train_module, "check_data", counted)
+    split = _split(n_val=100)
+    run_training(_config(epochs=3), split, get_backend("cpu"))
+    assert checked == [len(split.y_train), len(split.y_val), len(split.y_test)] == [600, 100, 150]
 
 
 def _reference_augment(image, flip, dy, dx):
@@ -159,9 +213,9 @@ def test_gathering_in_chunks_trains_on_the_same_batches(backend):
     split = _split(n_train=n)
     x, y = backend.asarray(split.x_train, "float32"), backend.asarray(split.y_train, "int64")
     chunked, plain = Network([20, 16, 3], backend=backend, seed=3), Network([20, 16, 3], backend=backend, seed=3)
-    done = []
+    recorder = Recorder()
     loss_sum, correct = train_epoch(
-        chunked, Adam(), x, y, batch_size=batch_size, lr=0.01, rng=backend.rng(5), gather=gather, on_batch=done.append
+        chunked, Adam(), x, y, batch_size=batch_size, lr=0.01, rng=backend.rng(5), gather=gather, listener=recorder
     )
     xp, order, optimizer = backend.xp, backend.rng(5).permutation(n), Adam()
     expected_loss = 0.0
@@ -169,7 +223,7 @@ def test_gathering_in_chunks_trains_on_the_same_batches(backend):
         index = order[start : min(start + batch_size, n)]
         loss, _ = plain.train_step(xp.take(x, index, axis=0), xp.take(y, index, axis=0), optimizer, 0.01)
         expected_loss += float(loss) * index.shape[0]
-    assert done == [min(s + batch_size, n) for s in range(0, n, batch_size)]
+    assert recorder.calls == [("batch", min(s + batch_size, n), n) for s in range(0, n, batch_size)]
     assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-6)
     for (name, p), (_, q) in zip(chunked.parameters(), plain.parameters()):
         np.testing.assert_array_equal(backend.to_numpy(p), backend.to_numpy(q), err_msg=name)
@@ -269,7 +323,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_p
             raise _Stop
 
     with pytest.raises(_Stop):
-        run_training(config, split, backend, str(tmp_path / "cut"), on_epoch=stop_after_epoch_two)
+        run_training(config, split, backend, str(tmp_path / "cut"), listener=AfterEpoch(stop_after_epoch_two))
     resumed = run_training(config, split, backend, str(tmp_path / "cut"), resume=True)
 
     assert resumed.test_accuracy == whole.test_accuracy
