@@ -10,3 +10,5 @@ What it is not: a benchmark of accuracy (the labels are random) or of data loadi
 PyTorch is optional (``pip install torch``, or the ``bench`` extra); without it the peer rows are missing and the
 output says so.
 """
+
+import fastnn  # noqa: F401,E402 - first, so that its OpenBLAS setting comes before NumPy loads OpenBLAS

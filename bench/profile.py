@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.harness import cpu_threads, initial_weights, positive_int, positive_ints, synthetic_data, writable_file
-from bench.report import LoadMeter, blas, cpu_model
+from bench.report import LoadMeter, blas, cpu_model, openblas_idle
 from bench.torch_peer import torch
 from fastnn import kernels_cpu
 from fastnn.atomic import write_atomic
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU: {cpu_model()}, {os.cpu_count()} cores; NumPy {np.__version__}, BLAS {blas()}; "
             + (f"torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "no torch"),
             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
-            f"optimizer engine {kernels_cpu.engine()}; load average at start "
+            f"optimizer engine {kernels_cpu.engine()}; OpenBLAS's idle threads: {openblas_idle()}",
+            "load average at start "
             + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
         ]
         for batch_size in args.batch_sizes:

@@ -27,6 +27,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def openblas_idle() -> str:
+    try:
+        from fastnn_cli.info import openblas_idle_description
+    except ImportError:
+        return "unknown"
+    return openblas_idle_description()
+
+
 def blas() -> str:
     try:
         from fastnn_cli.info import blas_description
@@ -89,6 +97,7 @@ def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
         "numpy": np.__version__,
         "numpy_blas": blas(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "openblas_idle_threads": openblas_idle(),
         "update_engine": _update_engine(),
         "torch": None if torch is None else torch.__version__,
         "gpu": gpu_name,
@@ -99,6 +108,10 @@ def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
         info["torch_threads"] = torch.get_num_threads()
         mkl = next((line for line in config if "Math Kernel Library" in line), None)
         info["torch_blas"] = "MKL " + mkl.split("Version")[1].split()[0] if mkl and "Version" in mkl else "see torch"
+        # the peer's instruction sets: MKL_ENABLE_INSTRUCTIONS=AVX2 and ATEN_CPU_CAPABILITY=avx2 hold it to
+        # an AVX2 CPU's kernels, as OPENBLAS_CORETYPE=Haswell holds NumPy's products
+        info["torch_mkl_instructions"] = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "(unset: the CPU's best)")
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     try:
         import cupy
 

@@ -39,6 +39,21 @@ def update_engine_description() -> str:
     return "numpy (blocks of array operations; pip install 'fastnn[fast]' for numba's faster loops)"
 
 
+def openblas_idle_description() -> str:
+    """How long OpenBLAS's idle threads spin after a product (see ``fastnn/__init__.py``)."""
+    import fastnn
+
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if fastnn.openblas_timeout_set:
+        return f"sleep at once (OPENBLAS_THREAD_TIMEOUT={value}, set by fastnn)"
+    if value is not None:
+        return f"OPENBLAS_THREAD_TIMEOUT={value}, from the environment"
+    return (
+        "spin about 0.1 s after each product (NumPy was loaded before fastnn); "
+        f"export OPENBLAS_THREAD_TIMEOUT={fastnn.OPENBLAS_THREAD_TIMEOUT} to free the cores at once"
+    )
+
+
 @click.command()
 def info() -> None:
     """Show the version, which backends run on this machine (and why not), and the BLAS."""
@@ -48,6 +63,7 @@ def info() -> None:
     console.print(f"fastnn {__version__} · Python {platform.python_version()} · numpy {numpy.__version__}")
     console.print(escape(f"CPU: {platform.machine()}, {os.cpu_count()} cores · BLAS: {blas_description()}"))
     console.print(escape(f"optimizer updates on the CPU: {update_engine_description()}"))
+    console.print(escape(f"OpenBLAS's idle threads: {openblas_idle_description()}"))
     table = Table("backend", "status", title="backends")
     for name, status in available_backends().items():
         style = "green" if status.startswith("ok") else "yellow"
