@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from fastnn.config import NORMS, TrainConfig
+from fastnn.config import LIMITS, NORMS, TrainConfig
 from fastnn.data.cifar10 import CLASS_NAMES, IMAGES_PER_BATCH, PIXELS, TRAIN_BATCHES, SplitError, check_split
 from fastnn.layers import ACTIVATIONS
 from fastnn.optimizers import OPTIMIZERS
@@ -94,6 +94,14 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{number} is not a finite number", param, ctx)
         return number
+
+
+def limited(name: str) -> click.ParamType:
+    """The option type of a numeric setting, made from its range in ``fastnn.config.LIMITS`` (where
+    ``TrainConfig.validate`` reads it too), so that --help and the error say what the library checks."""
+    limit = LIMITS[name]
+    kind = click.IntRange if limit.whole else FiniteRange
+    return kind(limit.low, limit.high, min_open=limit.low_open, max_open=limit.high_open)
 
 
 def check_split_sizes(validation: int, subset: int | None) -> None:
@@ -223,7 +231,7 @@ def training_options(command):
         ),
         click.option(
             "--blocks",
-            type=click.IntRange(min=0),
+            type=limited("blocks"),
             default=DEFAULTS.blocks,
             show_default=True,
             help="Residual bottleneck blocks (Bachmann et al. 2023) of the width given by --hidden (one size): "
@@ -231,7 +239,7 @@ def training_options(command):
         ),
         click.option(
             "--expansion",
-            type=click.IntRange(min=1),
+            type=limited("expansion"),
             default=DEFAULTS.expansion,
             show_default=True,
             help="Width factor inside each block (--blocks).",
@@ -241,21 +249,21 @@ def training_options(command):
         ),
         click.option(
             "--weight-decay",
-            type=FiniteRange(min=0),
+            type=limited("weight_decay"),
             default=DEFAULTS.weight_decay,
             show_default=True,
             help="AdamW's decoupled weight decay (--optimizer adamw): p <- p - lr * wd * p for weight matrices.",
         ),
         click.option(
             "--lr",
-            type=FiniteRange(min=0, min_open=True),
+            type=limited("lr"),
             default=DEFAULTS.lr,
             show_default=True,
             help="Initial learning rate.",
         ),
         click.option(
             "--momentum",
-            type=FiniteRange(0, 1, max_open=True),
+            type=limited("momentum"),
             default=DEFAULTS.momentum,
             show_default=True,
             help="SGD momentum (0 for plain SGD).",
@@ -263,7 +271,7 @@ def training_options(command):
         click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True),
         click.option(
             "--l2",
-            type=FiniteRange(min=0),
+            type=limited("l2"),
             default=DEFAULTS.l2,
             show_default=True,
             help="L2 strength lambda: adds lambda/2 * ||W||^2 to the loss.",
@@ -277,37 +285,37 @@ def training_options(command):
         ),
         click.option(
             "--decay",
-            type=FiniteRange(min=0),
+            type=limited("decay"),
             default=DEFAULTS.decay,
             show_default=True,
             help="k of the exponential schedule.",
         ),
         click.option(
             "--step-size",
-            type=click.IntRange(min=1),
+            type=limited("step_size"),
             default=DEFAULTS.step_size,
             show_default=True,
             help="Epochs between drops of the step schedule.",
         ),
         click.option(
             "--gamma",
-            type=FiniteRange(0, 1, min_open=True),
+            type=limited("gamma"),
             default=DEFAULTS.gamma,
             show_default=True,
             help="Factor of each drop of the step schedule.",
         ),
         click.option(
             "--warmup",
-            type=click.IntRange(min=0),
+            type=limited("warmup"),
             default=DEFAULTS.warmup,
             show_default=True,
             help="Epochs of linear learning-rate warm-up.",
         ),
-        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
+        click.option("--epochs", type=limited("epochs"), default=DEFAULTS.epochs, show_default=True),
+        click.option("--batch-size", type=limited("batch_size"), default=DEFAULTS.batch_size, show_default=True),
         click.option(
             "--dropout",
-            type=FiniteRange(0, 1, max_open=True),
+            type=limited("dropout"),
             default=DEFAULTS.dropout,
             show_default=True,
             help="Dropout probability after each hidden layer.",
@@ -320,21 +328,21 @@ def training_options(command):
         ),
         click.option(
             "--shift",
-            type=click.IntRange(0, 16),
+            type=limited("shift"),
             default=DEFAULTS.shift,
             show_default=True,
             help="Largest random shift in pixels, with --augment (the image is padded with the mean colour).",
         ),
         click.option(
             "--label-smoothing",
-            type=FiniteRange(0, 1, max_open=True),
+            type=limited("label_smoothing"),
             default=DEFAULTS.label_smoothing,
             show_default=True,
             help="Training targets (1 - eps) * onehot + eps / classes.",
         ),
         click.option(
             "--mixup",
-            type=FiniteRange(min=0),
+            type=limited("mixup"),
             default=DEFAULTS.mixup,
             show_default=True,
             help="Mixup alpha: each batch blended with a shuffled copy of itself, lam ~ Beta(alpha, alpha); "
@@ -348,21 +356,21 @@ def training_options(command):
         ),
         click.option(
             "--seed",
-            type=click.IntRange(min=0),
+            type=limited("seed"),
             default=DEFAULTS.seed,
             show_default=True,
             help="Seed of initialisation, shuffling and dropout.",
         ),
         click.option(
             "--validation",
-            type=click.IntRange(min=0),
+            type=limited("validation"),
             default=DEFAULTS.validation,
             show_default=True,
             help="Training images held out for validation.",
         ),
         click.option(
             "--subset",
-            type=click.IntRange(min=1),
+            type=limited("subset"),
             default=None,
             help="Train on only the first N training images (quick runs).",
         ),

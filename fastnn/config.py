@@ -24,6 +24,65 @@ NORMS = {"none": None, "batch": "batchnorm", "layer": "layernorm"}
 """``--norm``'s choices and the layer (a key of ``fastnn.layers.LAYERS``) each puts in the network."""
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The range a numeric setting lies in, written once: :meth:`TrainConfig.validate` checks it and the
+    command line's option types (``fastnn_cli.options``) are made from it, so that both say the same.
+    A bound of None is no bound; an open end excludes the bound itself; a float must also be finite."""
+
+    label: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = False
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return low_ok and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.whole else "a finite number"
+        if self.high is None:
+            return f"{kind} {'>' if self.low_open else '>='} {_plain(self.low)}"
+        low = f"{'(' if self.low_open else '['}{_plain(self.low)}"
+        high = f"{_plain(self.high)}{')' if self.high_open else ']'}"
+        return f"{'a whole number' if self.whole else 'a number'} in {low}, {high}"
+
+
+def _plain(number: float | None) -> str:
+    return f"{number:g}"
+
+
+LIMITS = {
+    "lr": Limit("learning rate", 0, low_open=True),
+    "momentum": Limit("momentum", 0, 1, high_open=True),
+    "l2": Limit("l2", 0),
+    "decay": Limit("decay", 0),
+    "step_size": Limit("step size", 1, whole=True),
+    "gamma": Limit("gamma", 0, 1, low_open=True),
+    "warmup": Limit("warm-up", 0, whole=True),
+    "epochs": Limit("epochs", 1, whole=True),
+    "batch_size": Limit("batch size", 1, whole=True),
+    "dropout": Limit("dropout", 0, 1, high_open=True),
+    "shift": Limit("shift", 0, 16, whole=True),
+    "seed": Limit("seed", 0, whole=True),
+    "split_seed": Limit("split seed", 0, whole=True),
+    "validation": Limit("validation size", 0, whole=True),
+    "subset": Limit("subset", 1, whole=True),
+    "blocks": Limit("blocks", 0, whole=True),
+    "expansion": Limit("expansion", 1, whole=True),
+    "weight_decay": Limit("weight decay", 0),
+    "label_smoothing": Limit("label smoothing", 0, 1, high_open=True),
+    "mixup": Limit("mixup alpha", 0),
+}
+"""The range of each numeric setting of :class:`TrainConfig` (``subset`` may also be None: all images)."""
+
+
 ADDED_LATER = {
     "tf32": False,
     "norm": "none",
@@ -75,38 +134,33 @@ class TrainConfig:
     tta: bool = False
 
     def validate(self) -> None:
-        problems = [
-            (any(h < 1 for h in self.hidden), f"hidden sizes must be positive integers, got {list(self.hidden)}"),
+        """Raise a ValueError naming the first bad setting: names against the registries, numbers
+        against :data:`LIMITS`, then the settings that only go together."""
+        names = [
             (self.activation not in ACTIVATIONS,
              f"unknown activation {self.activation!r}; choose {_names(ACTIVATIONS)}"),
             (self.optimizer not in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose {_names(OPTIMIZERS)}"),
-            (not 0 < self.lr < math.inf, f"learning rate must be a finite number > 0, got {self.lr!r}"),
-            (not 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.l2 < 0, f"l2 must be >= 0, got {self.l2}"),
             (self.schedule not in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {_names(SCHEDULES)}"),
-            (self.decay < 0, f"decay must be >= 0, got {self.decay}"),
-            (self.epochs < 1, f"epochs must be >= 1, got {self.epochs}"),
-            (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1,
-             f"batch size must be >= 1 (a whole number), got {self.batch_size!r}"),
-            (not 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.validation < 0, f"validation size must be >= 0, got {self.validation}"),
-            (self.seed < 0 or self.split_seed < 0, f"seeds must be >= 0, got {self.seed} and {self.split_seed}"),
-            (not 0 <= self.shift <= 16, f"shift must be in [0, 16] pixels, got {self.shift}"),
-            (self.subset is not None and self.subset < 1, f"subset must be >= 1, got {self.subset}"),
-            (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
             (self.norm not in NORMS, f"unknown norm {self.norm!r}; choose {_names(NORMS)}"),
-            (self.blocks < 0 or self.expansion < 1, f"blocks must be >= 0 and expansion >= 1, got {self.blocks}, "
-             f"{self.expansion}"),
+            (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
+        ]  # fmt: skip
+        for bad, message in names:
+            if bad:
+                raise ValueError(message)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be positive integers, got {list(self.hidden)}")
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if not (name == "subset" and value is None) and not limit.admits(value):
+                raise ValueError(f"{limit.label} must be {limit.describe()}, got {value!r}")
+        together = [
             (self.blocks > 0 and len(self.hidden) != 1, f"residual blocks (--blocks) have one width: give one "
              f"hidden size (e.g. --hidden 512), got {list(self.hidden)}"),
             (self.blocks > 0 and self.dropout > 0, "dropout acts in the plain MLP only; use --dropout 0 with --blocks"),
-            (not 0 <= self.weight_decay < math.inf, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.weight_decay > 0 and self.optimizer != "adamw", f"weight decay is AdamW's (--optimizer adamw); "
              f"{self.optimizer} takes L2 (--l2)"),
-            (not 0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (not 0 <= self.mixup < math.inf, f"mixup alpha must be >= 0 (0 for none), got {self.mixup}"),
-        ]
-        for bad, message in problems:
+        ]  # fmt: skip
+        for bad, message in together:
             if bad:
                 raise ValueError(message)
 

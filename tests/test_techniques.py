@@ -148,8 +148,8 @@ def test_new_settings_round_trip_through_a_saved_config():
         ({"blocks": 2}, "give one hidden size"),
         ({"blocks": 2, "hidden": (8,), "dropout": 0.5}, "dropout acts in the plain MLP only"),
         ({"weight_decay": 0.1}, "weight decay is AdamW's"),
-        ({"label_smoothing": 1.0}, "label smoothing must be in [0, 1)"),
-        ({"mixup": float("nan")}, "mixup alpha must be >= 0"),
+        ({"label_smoothing": 1.0}, "label smoothing must be a number in [0, 1), got 1.0"),
+        ({"mixup": float("nan")}, "mixup alpha must be a finite number >= 0, got nan"),
     ],
 )
 def test_validate_refuses_what_does_not_go_together(changes, message):

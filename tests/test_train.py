@@ -142,9 +142,9 @@ def test_augmentation_of_non_images_is_refused():
 
 
 def test_config_validation_names_the_problem():
-    with pytest.raises(ValueError, match="batch size must be >= 1"):
+    with pytest.raises(ValueError, match="batch size must be a whole number >= 1, got 0"):
         _config(batch_size=0).validate()
-    with pytest.raises(ValueError, match=r"batch size must be >= 1 \(a whole number\), got 2.5"):
+    with pytest.raises(ValueError, match=r"batch size must be a whole number >= 1, got 2.5"):
         _config(batch_size=2.5).validate()
     with pytest.raises(ValueError, match="learning rate must be a finite number > 0, got inf"):
         _config(lr=float("inf")).validate()
