@@ -9,8 +9,9 @@ import click
 from rich.markup import escape
 
 from fastnn.config import TrainConfig
+from fastnn.run import run_training
 from fastnn.tensorboard import TensorBoardLogger
-from fastnn.train import NonFiniteLoss, run_training
+from fastnn.train import NonFiniteLoss
 from fastnn_cli.common import (
     TrainingDisplay,
     console,

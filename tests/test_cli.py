@@ -324,7 +324,8 @@ def _write_run(folder, stop_after=None):
 
     from fastnn.backend import get_backend
     from fastnn.config import TrainConfig
-    from fastnn.train import TrainingListener, run_training
+    from fastnn.run import run_training
+    from fastnn.train import TrainingListener
 
     config = TrainConfig(hidden=(8,), epochs=3, batch_size=64, augment=False, validation=150)
 

@@ -30,7 +30,8 @@ from fastnn.experiments import (
     run_id,
     stats,
 )
-from fastnn.train import EpochRecord, NonFiniteLoss, RunResult
+from fastnn.run import RunResult
+from fastnn.train import EpochRecord, NonFiniteLoss
 from fastnn_cli.main import cli
 
 BASE = TrainConfig(hidden=(8,), epochs=3, batch_size=64, validation=150, augment=False)

@@ -28,7 +28,7 @@ from fastnn.inspect import (
     read_metrics,
     weight_tiles,
 )
-from fastnn.train import run_training
+from fastnn.run import run_training
 from fastnn_cli.main import cli
 
 pytest.importorskip("matplotlib")

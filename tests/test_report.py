@@ -14,7 +14,8 @@ import fastnn.report as report
 from fastnn.backend import get_backend
 from fastnn.config import TrainConfig
 from fastnn.experiments import ExperimentSettings, run_experiments
-from fastnn.train import EpochRecord, RunResult
+from fastnn.run import RunResult
+from fastnn.train import EpochRecord
 
 BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=64, validation=150, augment=False, norm="none",
                    label_smoothing=0.0)

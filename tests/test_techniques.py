@@ -18,7 +18,8 @@ from fastnn.layers import BatchNorm, LayerNorm, Residual
 from fastnn.losses import softmax
 from fastnn.network import Network
 from fastnn.optimizers import AdamW
-from fastnn.train import evaluate, run_training
+from fastnn.run import run_training
+from fastnn.train import evaluate
 from fastnn_cli.main import cli
 
 RECIPES = Path(__file__).parent.parent / "recipes"

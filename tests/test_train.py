@@ -9,7 +9,8 @@ from _util import synthetic_split
 from fastnn.augment import augment_images
 from fastnn.checkpoint import load
 from fastnn.config import TrainConfig
-from fastnn.train import NonFiniteLoss, TrainingListener, evaluate, run_training
+from fastnn.run import run_training
+from fastnn.train import NonFiniteLoss, TrainingListener, evaluate
 
 
 def _split(**kwargs):
@@ -351,3 +352,13 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(backend, tmp_p
 )
 def test_a_config_describes_its_network_in_a_few_words(settings, words):
     assert TrainConfig(**settings).describe() == words
+
+
+def test_the_run_functions_keep_their_old_import_path():
+    import fastnn.run
+    import fastnn.train
+
+    for name in ("run_training", "RunResult", "load_progress"):
+        assert getattr(fastnn.train, name) is getattr(fastnn.run, name)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        fastnn.train.nothing  # noqa: B018
