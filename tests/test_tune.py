@@ -60,7 +60,7 @@ def _space(tmp_path: Path, text: str = SMALL) -> Path:
         ("[space]\nlr = { float = [1e-2, 1e-3] }\n", "empty or reversed"),
         ("[space]\nlr = { float = [1e-2, 1e-2] }\n", "empty or reversed"),
         ("[space]\nlr = { float = [0, 1e-2], log = true }\n", "a log range must be above 0"),
-        ("[space]\ndropout = { float = [0.0, 1.5] }\n", "dropout must be in [0, 1)"),
+        ("[space]\ndropout = { float = [0.0, 1.5] }\n", "dropout must be a number in [0, 1)"),
         ("[space]\nbatch_size = { int = [16.5, 64] }\n", "whole numbers"),
         ("[space]\nhidden = { choices = [] }\n", "non-empty list"),
         ("[space]\nsubset = [100, 200]\n", "shared by all trials"),
