@@ -54,7 +54,7 @@ def central_difference(problem, ell, index, *, bias=False, h=1e-3):
         layers = list(problem.layers)
         weights, biases = layers[ell - 1].weights.copy(), layers[ell - 1].biases.copy()
         (biases if bias else weights)[index] += step
-        layers[ell - 1] = bp.Layer(weights, biases)
+        layers[ell - 1] = bp.LayerParameters(weights, biases)
         return bp.loss(replace(problem, layers=tuple(layers)))
 
     return (loss_with(-2 * h) - 8 * loss_with(-h) + 8 * loss_with(h) - loss_with(2 * h)) / (12 * h)
