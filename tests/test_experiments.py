@@ -14,7 +14,7 @@ import pytest
 from _util import synthetic_split
 from click.testing import CliRunner
 
-import fastnn.experiments as experiments
+import fastnn.experiments.runner as experiment_runner  # where run_training is looked up
 from fastnn.backend import get_backend
 from fastnn.config import TrainConfig
 from fastnn.experiments import (
@@ -66,7 +66,7 @@ class FakeTraining:
 def fake(monkeypatch):
     def install(**kwargs):
         training = FakeTraining(**kwargs)
-        monkeypatch.setattr(experiments, "run_training", training)
+        monkeypatch.setattr(experiment_runner, "run_training", training)
         return training
 
     return install

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastnn.experiments as experiments
+import fastnn.experiments.runner as experiment_runner  # where run_training is looked up
 import fastnn.report as report
 from fastnn.backend import get_backend
 from fastnn.config import TrainConfig
@@ -149,7 +150,7 @@ def test_many_runs_still_fit_three_pages(tmp_path, monkeypatch):
                    for e in range(1, config.epochs + 1)]  # fmt: skip
         return RunResult(config, None, history, 1.0, 0.4 + config.seed / 100, 1.0)
 
-    monkeypatch.setattr(experiments, "run_training", fake_training)
+    monkeypatch.setattr(experiment_runner, "run_training", fake_training)
     settings = ExperimentSettings(adam_lrs=(1e-4, 3e-4, 1e-3, 3e-3), sgd_lrs=(1e-3, 3e-3, 0.01, 0.03), seeds=5)
     result = run_experiments(BASE, settings, _split(), get_backend("cpu"), tmp_path)
     assert len(result.plan.runs) > 25
