@@ -30,6 +30,7 @@ def tune(space_path, trials, out_dir, storage, study_name, workers, timeout, pru
     except ImportError:
         raise click.ClickException('fastnn tune needs Optuna: pip install "fastnn[tune]"') from None
     from fastnn import tune as tuning
+    from fastnn.tune_report import write_report
 
     try:
         space = tuning.load_space(space_path)
@@ -88,7 +89,7 @@ def tune(space_path, trials, out_dir, storage, study_name, workers, timeout, pru
         else "fastnn tune"
     )
     try:
-        tuning.write_report(out, study, space, command, result.summary())
+        write_report(out, study, space, command, result.summary())
     except OSError as exc:
         raise click.ClickException(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     console.print(
