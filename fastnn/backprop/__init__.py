@@ -11,11 +11,12 @@ What it is not: the training code (``fastnn.layers``, ``fastnn.network``). It ru
 float64 with NumPy, one example and no batches, so that each number can be held against a hand
 computation.
 
-Read in this order: ``trace.py`` (the math: the problem's numbers, the forward and backward pass, the
-update), ``problem.py`` (reading a problem file, its limits, the example, a weight index),
+Read in this order: ``step.py`` (the math of one gradient step: the problem's numbers, the forward
+and backward pass, the update), ``problem.py`` (reading a problem file, its limits, the example, a weight index),
 ``notation.py`` (how symbols and numbers are spelled), ``report.py`` (the trace as blocks, and the
 chain rule for one weight), ``render.py`` (terminal, Markdown, LaTeX). The command is
-``fastnn_cli.backprop`` (``fastnn backprop``).
+``fastnn_cli.backprop`` (``fastnn backprop``). (The math is not in ``trace.py``: a submodule of that
+name would be hidden by the function ``trace`` this package exports.)
 
 Index convention (Nielsen's book): layer 0 is the input ``x``, layer ``L`` the output ``y``, neurons
 are numbered from 1. ``w^l_{j,k}`` joins neuron ``k`` of layer ``l-1`` to neuron ``j`` of layer ``l``;
@@ -40,7 +41,7 @@ from fastnn.backprop.problem import (
 )
 from fastnn.backprop.render import render_latex, render_markdown, render_text
 from fastnn.backprop.report import ChainRule, Equations, Heading, NumberTable, Paragraph, build_report, chain_rule
-from fastnn.backprop.trace import LayerParameters, Problem, ProblemError, Trace, loss, sigmoid, trace
+from fastnn.backprop.step import LayerParameters, Problem, ProblemError, Trace, loss, sigmoid, trace
 
 __all__ = [
     "CONVENTION", "MAX_FILE_BYTES", "MAX_LAYERS", "MAX_PARAMETERS", "ChainRule", "Equations", "Heading",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnn.backprop.trace import LayerParameters, Problem, ProblemError
+from fastnn.backprop.step import LayerParameters, Problem, ProblemError
 
 if sys.version_info >= (3, 11):
     import tomllib

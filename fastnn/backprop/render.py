@@ -9,7 +9,7 @@ from rich.text import Text
 
 from fastnn.backprop.notation import Notation
 from fastnn.backprop.report import Equations, Heading, NumberTable, Paragraph, build_report
-from fastnn.backprop.trace import Trace
+from fastnn.backprop.step import Trace
 
 
 def render_text(tr: Trace, weight: tuple[int, int, int], console: Console, digits: int = 6) -> None:

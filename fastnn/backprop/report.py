@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastnn.backprop.notation import Notation
-from fastnn.backprop.trace import Trace
+from fastnn.backprop.step import Trace
 
 
 @dataclass(frozen=True)
