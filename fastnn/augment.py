@@ -17,7 +17,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from fastnn.backend import namespace
+from fastnn.backend import fused_flip_shift, namespace
 from fastnn.losses import one_hot, softmax
 
 Array = Any
@@ -96,11 +96,15 @@ def augment_images(x: Array, rng: Any, shift: int = 2) -> Array:
     """
     xp = namespace(x)
     batch, dev = x.shape[0], device(x)
-    pixel = xp.arange(32, device=dev)
     flip = rng.uniform((batch,), dtype="float32") < 0.5
-    cols = xp.where(flip[:, None], 31 - pixel[None, :], pixel[None, :])  # (batch, 32)
-    cols = cols + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
-    rows = pixel[None, :] + (rng.integers(2 * shift + 1, (batch,)) - shift)[:, None]
+    dx = rng.integers(2 * shift + 1, (batch,)) - shift
+    dy = rng.integers(2 * shift + 1, (batch,)) - shift
+    compiled = fused_flip_shift(xp)  # the same pixels as one compiled loop (NumPy with numba)
+    if compiled is not None:
+        return compiled(x, flip, dy, dx)
+    pixel = xp.arange(32, device=dev)
+    cols = xp.where(flip[:, None], 31 - pixel[None, :], pixel[None, :]) + dx[:, None]  # (batch, 32)
+    rows = pixel[None, :] + dy[:, None]
     inside = ((rows >= 0) & (rows < 32))[:, :, None] & ((cols >= 0) & (cols < 32))[:, None, :]  # (batch, 32, 32)
     # minimum/maximum, not clip: array-api-compat's clip for CuPy assigns through boolean masks, and
     # each of those reads a count back from the device

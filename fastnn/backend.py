@@ -38,6 +38,7 @@ GPU_INSTALL_HINT = (
 
 AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
 SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
+FlipShift = Callable[[Any, Any, Any, Any], Any]
 
 
 class BackendUnavailable(RuntimeError):
@@ -119,6 +120,11 @@ class Backend:
         """This namespace's in-place SGD update (:func:`fused_sgd_step`), or None where there is none."""
         return None
 
+    @staticmethod
+    def fused_flip_shift() -> FlipShift | None:
+        """This namespace's compiled flips and shifts (:func:`fused_flip_shift`), or None."""
+        return None
+
 
 def _host_array(host_array: Any, dtype: str | None, copy: bool) -> np.ndarray:
     """``host_array`` as a NumPy array, as ``dtype`` if given: a new array, or with ``copy=False``
@@ -158,6 +164,12 @@ class NumpyBackend(Backend):
         from fastnn import kernels_cpu
 
         return kernels_cpu.sgd_step()
+
+    @staticmethod
+    def fused_flip_shift() -> FlipShift | None:
+        from fastnn import kernels_cpu
+
+        return kernels_cpu.flip_shift if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
 
 
 @dataclass(frozen=True)
@@ -401,3 +413,11 @@ def _backend_class(xp: Any) -> type[Backend]:
     if is_cupy_namespace(xp):
         return CupyBackend
     return Backend
+
+
+def fused_flip_shift(xp: Any) -> FlipShift | None:
+    """Random flips and shifts of CIFAR rows as one compiled loop for arrays of namespace ``xp``, or
+    None where there is none and :func:`fastnn.augment.augment_images` runs its formula. The callable
+    is ``flip_shift(x, flip, dy, dx)`` and returns the new rows; only NumPy with the numba engine has
+    one (:func:`fastnn.kernels_cpu.flip_shift`)."""
+    return _backend_class(xp).fused_flip_shift()

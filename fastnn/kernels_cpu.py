@@ -261,3 +261,16 @@ def sgd_step() -> SGDStep:
         _update([param, grad] if velocity is None else [param, grad, velocity], block, scratch)
 
     return step
+
+
+def flip_shift(x: np.ndarray, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """CIFAR rows ``x`` (batch, 3072) flipped and shifted as :func:`fastnn.augment.augment_images`
+    says, by the numba engine's compiled loop (one image per iteration, on all threads): the same
+    values as the formula there, which builds a (batch, 3072) index array and gathers through it.
+    Only for the numba engine (``NumpyBackend.fused_flip_shift`` hands it out then)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _numba_threads()
+    flip, dy, dx = np.asarray(flip, np.bool_), np.asarray(dy, np.int64), np.asarray(dx, np.int64)
+    _load_numba().flip_shift(x, flip, dy, dx, out)
+    return out

@@ -5,7 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from fastnn.augment import Mixup, flip_averaged_probabilities, hflip
+from fastnn import kernels_cpu
+from fastnn.augment import Mixup, augment_images, flip_averaged_probabilities, hflip
+from fastnn.backend import get_backend
 from fastnn.network import Network
 
 
@@ -66,3 +68,28 @@ def test_flip_averaged_probabilities(backend):
     assert tuple(empty.shape) == (0, 5)
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         flip_averaged_probabilities(net, backend.asarray(x_host, "float64"), batch_size=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shift", [0, 2, 5])
+def test_compiled_flips_and_shifts_give_the_formulas_bits(dtype, shift):
+    """With the numba engine, NumPy's flips and shifts are one compiled loop
+    (``kernels_numba.flip_shift``); it must give exactly the pixels of the formula in
+    ``augment_images``, from the same random draws, so that a run's images do not depend on numba."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    backend = get_backend("cpu")
+    whole = np.random.default_rng(1).normal(size=(66, 3072)).astype(dtype)
+    x = whole[::2]  # 33 rows, a strided view
+    results = {}
+    previous = kernels_cpu.engine()
+    try:
+        for engine in ("numba", "numpy"):
+            kernels_cpu.set_engine(engine)
+            rng = backend.rng(7)
+            results[engine] = [augment_images(x, rng, shift) for _ in range(3)]
+    finally:
+        kernels_cpu.set_engine(previous)
+    for compiled, formula in zip(results["numba"], results["numpy"]):
+        assert compiled.dtype == formula.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(compiled, formula)
+    assert not np.array_equal(results["numba"][0], results["numba"][1]) or shift == 0
