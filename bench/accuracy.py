@@ -153,18 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fastnn-accuracy-") as tmp:
         folder = Path(tmp)
         pending = list(args.seeds)
-        running: dict[int, tuple[int, float, Any, set[int] | None]] = {}
+        # each run's Popen is kept here until its exit is read: a Popen dropped while its process runs
+        # goes on subprocess's list of children to reap, and the next subprocess started (the
+        # evaluation below) reaped it before os.wait4 could, which then found no child (seen in CI)
+        running: dict[int, tuple[int, float, Any, set[int] | None, subprocess.Popen]] = {}
         free = list(groups)
         while pending or running:
             while pending and free:
                 seed, cores = pending.pop(0), free.pop(0)
                 process, log = _start(seed, train_args, folder, cores)
-                running[process.pid] = (seed, time.monotonic(), log, cores)
+                running[process.pid] = (seed, time.monotonic(), log, cores, process)
                 print(f"seed {seed}: started" + (f" on cores {sorted(cores)}" if cores else ""), flush=True)
             pid, status, usage = os.wait4(-1, 0)
             if pid not in running:
                 continue
-            seed, began, log, cores = running.pop(pid)
+            seed, began, log, cores, process = running.pop(pid)
+            process.returncode = os.waitstatus_to_exitcode(status)  # reaped here; the Popen must not wait again
             seconds = time.monotonic() - began
             log.close()
             free.append(cores)
