@@ -268,6 +268,8 @@ def flip_shift(x: np.ndarray, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray) 
     says, by the numba engine's compiled loop (one image per iteration, on all threads): the same
     values as the formula there, which builds a (batch, 3072) index array and gathers through it.
     Only for the numba engine (``NumpyBackend.fused_flip_shift`` hands it out then)."""
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:  # the loop indexes rows of 3072 values unchecked
+        raise ValueError(f"flips and shifts need rows of 32x32 colour images (3072 values), got shape {x.shape}")
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     _numba_threads()

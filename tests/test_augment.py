@@ -93,3 +93,10 @@ def test_compiled_flips_and_shifts_give_the_formulas_bits(dtype, shift):
         assert compiled.dtype == formula.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(compiled, formula)
     assert not np.array_equal(results["numba"][0], results["numba"][1]) or shift == 0
+
+
+def test_compiled_flips_and_shifts_refuse_rows_that_are_not_images():
+    """The compiled loop indexes 3072 values per row without bounds checks, so it refuses other widths."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    with pytest.raises(ValueError, match="rows of 32x32 colour images"):
+        kernels_cpu.flip_shift(np.zeros((4, 100), np.float32), np.zeros(4, bool), np.zeros(4, int), np.zeros(4, int))
