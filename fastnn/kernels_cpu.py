@@ -274,5 +274,8 @@ def flip_shift(x: np.ndarray, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray) 
     out = np.empty_like(x)
     _numba_threads()
     flip, dy, dx = np.asarray(flip, np.bool_), np.asarray(dy, np.int64), np.asarray(dx, np.int64)
+    if not flip.shape == dy.shape == dx.shape == (x.shape[0],):
+        raise ValueError(f"one flip and one shift (dy, dx) per image: {x.shape[0]} each, got {flip.shape}, "
+                         f"{dy.shape}, {dx.shape}")  # fmt: skip
     _load_numba().flip_shift(x, flip, dy, dx, out)
     return out

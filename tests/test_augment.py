@@ -100,3 +100,5 @@ def test_compiled_flips_and_shifts_refuse_rows_that_are_not_images():
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
     with pytest.raises(ValueError, match="rows of 32x32 colour images"):
         kernels_cpu.flip_shift(np.zeros((4, 100), np.float32), np.zeros(4, bool), np.zeros(4, int), np.zeros(4, int))
+    with pytest.raises(ValueError, match="one flip and one shift"):
+        kernels_cpu.flip_shift(np.zeros((4, 3072), np.float32), np.zeros(3, bool), np.zeros(4, int), np.zeros(4, int))
