@@ -28,34 +28,34 @@ NORMS = {"none": None, "batch": "batchnorm", "layer": "layernorm"}
 class Limit:
     """The range a numeric setting lies in, written once: :meth:`TrainConfig.validate` checks it and the
     command line's option types (``fastnn_cli.options``) are made from it, so that both say the same.
-    A bound of None is no bound; an open end excludes the bound itself; a float must also be finite."""
+    ``high`` None is no upper bound; an open end excludes the bound itself; a float must also be
+    finite; ``optional`` settings may also be None."""
 
     label: str
-    low: float | None = None
+    low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     whole: bool = False
+    optional: bool = False
 
     def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
         if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
             return False
         if not math.isfinite(value):
             return False
-        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        low_ok = value > self.low if self.low_open else value >= self.low
         return low_ok and (self.high is None or (value < self.high if self.high_open else value <= self.high))
 
     def describe(self) -> str:
-        kind = "a whole number" if self.whole else "a finite number"
         if self.high is None:
-            return f"{kind} {'>' if self.low_open else '>='} {_plain(self.low)}"
-        low = f"{'(' if self.low_open else '['}{_plain(self.low)}"
-        high = f"{_plain(self.high)}{')' if self.high_open else ']'}"
+            kind = "a whole number" if self.whole else "a finite number"
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        low = f"{'(' if self.low_open else '['}{self.low:g}"
+        high = f"{self.high:g}{')' if self.high_open else ']'}"
         return f"{'a whole number' if self.whole else 'a number'} in {low}, {high}"
-
-
-def _plain(number: float | None) -> str:
-    return f"{number:g}"
 
 
 LIMITS = {
@@ -73,14 +73,14 @@ LIMITS = {
     "seed": Limit("seed", 0, whole=True),
     "split_seed": Limit("split seed", 0, whole=True),
     "validation": Limit("validation size", 0, whole=True),
-    "subset": Limit("subset", 1, whole=True),
+    "subset": Limit("subset", 1, whole=True, optional=True),  # None: every image
     "blocks": Limit("blocks", 0, whole=True),
     "expansion": Limit("expansion", 1, whole=True),
     "weight_decay": Limit("weight decay", 0),
     "label_smoothing": Limit("label smoothing", 0, 1, high_open=True),
     "mixup": Limit("mixup alpha", 0),
 }
-"""The range of each numeric setting of :class:`TrainConfig` (``subset`` may also be None: all images)."""
+"""The range of each numeric setting of :class:`TrainConfig`."""
 
 
 ADDED_LATER = {
@@ -151,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"hidden sizes must be positive integers, got {list(self.hidden)}")
         for name, limit in LIMITS.items():
             value = getattr(self, name)
-            if not (name == "subset" and value is None) and not limit.admits(value):
+            if not limit.admits(value):
                 raise ValueError(f"{limit.label} must be {limit.describe()}, got {value!r}")
         together = [
             (self.blocks > 0 and len(self.hidden) != 1, f"residual blocks (--blocks) have one width: give one "

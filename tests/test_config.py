@@ -21,7 +21,7 @@ def _outside(limit: Limit) -> list:
         values += [limit.low + 1.5, True]  # not truncated; a bool is not a count
     else:
         values += [math.nan, math.inf, "0.5"]
-    return values
+    return values if limit.optional else [*values, None]  # None only where the setting may be left out
 
 
 def _inside(limit: Limit) -> list:
