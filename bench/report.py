@@ -27,20 +27,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def openblas_idle() -> str:
+def _described(name: str) -> str:
+    """What ``fastnn info`` says of ``name`` ("unknown" where the command line is not installed)."""
     try:
-        from fastnn_cli.info import openblas_idle_description
+        from fastnn_cli import info
     except ImportError:
         return "unknown"
-    return openblas_idle_description()
+    return getattr(info, f"{name}_description")()
+
+
+def openblas_idle() -> str:
+    return _described("openblas_idle")
 
 
 def blas() -> str:
-    try:
-        from fastnn_cli.info import blas_description
-    except ImportError:
-        return "unknown"
-    return blas_description()
+    return _described("blas")
 
 
 class LoadMeter:
