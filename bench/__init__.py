@@ -12,3 +12,10 @@ output says so.
 """
 
 import fastnn  # noqa: F401,E402 - first, so that its OpenBLAS setting comes before NumPy loads OpenBLAS
+from fastnn import kernels_cpu  # noqa: E402
+
+# oneDNN (the [onednn] extra) before PyTorch: both run on GNU OpenMP, and the process has one copy of it,
+# whichever loads first; loaded first, its idle threads sleep at once (fastnn.kernels_onednn), as they do
+# in `fastnn train`. PyTorch's threads then wait the same way (its epochs measured the same either way:
+# bench/results/README.md).
+kernels_cpu.products()

@@ -52,6 +52,18 @@ def _engines(text: str) -> list[str]:
     return engines
 
 
+def _products(text: str) -> list[str]:
+    from fastnn import kernels_cpu, kernels_onednn
+
+    choices = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [c for c in choices if c not in ("onednn", "numpy")]
+    if bad or not choices:
+        raise argparse.ArgumentTypeError(f"choose from onednn, numpy (got {text!r})")
+    if "onednn" in choices and kernels_cpu.products() != "onednn":
+        raise argparse.ArgumentTypeError(f"the onednn products need oneDNN: {kernels_onednn.why_not()}")
+    return choices
+
+
 RUNNER_LABELS = ("fastnn-numpy", "torch-cpu", "fastnn-cupy", "torch-cuda")
 
 
@@ -74,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="fastnn's CPU optimizer engine(s), comma list of numba, numpy (fastnn.kernels_cpu): one "
         "fastnn-numpy row each (default: one row, on the engine training would use)",
+    )
+    p.add_argument(
+        "--products",
+        type=_products,
+        default=None,
+        help="the library of fastnn's matrix products on the CPU, comma list of onednn, numpy "
+        "(fastnn.kernels_cpu.products): one fastnn-numpy row each, with each engine (default: the one "
+        "training would use)",
     )
     p.add_argument("--only", default=None, help="comma list of runners, e.g. fastnn-numpy,torch-cpu")
     p.add_argument(
@@ -121,7 +141,11 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
 
     if want("fastnn-numpy"):
         cpu = get_backend("cpu")
-        runners += [FastnnRunner(cpu, x, y, sizes, 1e-3, 0, engine=e) for e in (args.engines or [None])]
+        runners += [
+            FastnnRunner(cpu, x, y, sizes, 1e-3, 0, engine=e, products=p)
+            for e in (args.engines or [None])
+            for p in (args.products or [None])
+        ]
         status["fastnn-numpy"] = "ok"
     if want("torch-cpu"):
         status["torch-cpu"] = torch_status()
@@ -192,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads,
                 "torch_adam": args.torch_adam,
                 "engines": args.engines,
+                "products": args.products,
                 "tf32": args.tf32,
                 "quick": args.quick,
             },

@@ -29,12 +29,16 @@ class FastnnRunner:
         seed: int,
         tf32: bool = False,
         engine: str | None = None,
+        products: str | None = None,
     ):
         self.backend, self.sizes, self.lr, self.seed = backend, sizes, lr, seed
         self.tf32 = backend.set_tf32(tf32) and tf32  # as `fastnn train --tf32` does; False off the GPU
         # the CPU optimizer kernels' engine (fastnn.kernels_cpu), set around each of this runner's epochs
         self.engine = engine
-        self.label = f"fastnn-{backend.name}" + (f"[{engine}]" if engine else "")
+        # the library of the CPU's matrix products (fastnn.kernels_cpu.products), set around each epoch too
+        self.products = products
+        chosen = ",".join(c for c in (engine, products) if c)
+        self.label = f"fastnn-{backend.name}" + (f"[{chosen}]" if chosen else "")
         self.device = "gpu" if backend.name == "cupy" else "cpu"
         self.x = backend.asarray(x, "float32")
         self.y = backend.asarray(y, "int64")
@@ -52,6 +56,7 @@ class FastnnRunner:
         x, y = self.x[:rows], self.y[:rows]
         b.synchronize()
         previous = kernels_cpu.set_engine(self.engine) if self.engine else None
+        previous_products = kernels_cpu.set_products(self.products) if self.products else None
         started = time.perf_counter()
         loss_sum, _correct = train_epoch(
             self.network,
@@ -68,6 +73,8 @@ class FastnnRunner:
         seconds = time.perf_counter() - started
         if previous:
             kernels_cpu.set_engine(previous)
+        if previous_products:
+            kernels_cpu.set_products(previous_products)
         return seconds, mean_loss
 
     def describe(self) -> dict[str, Any]:
@@ -77,6 +84,7 @@ class FastnnRunner:
         }
         if self.backend.name == "numpy":
             info["update_engine"] = self.engine or kernels_cpu.engine()
+            info["products"] = self.products or kernels_cpu.products()
         if self.backend.name == "cupy":
             pool = self.backend.xp.get_default_memory_pool()
             info["memory_pool_bytes"] = {"used": pool.used_bytes(), "held": pool.total_bytes()}

@@ -32,10 +32,10 @@ import numpy as np
 from bench.harness import cpu_threads, initial_weights, positive_int, positive_ints, synthetic_data, writable_file
 from bench.report import LoadMeter, blas, cpu_model, openblas_idle
 from bench.torch_peer import torch
-from fastnn import kernels_cpu
+from fastnn import kernels_cpu, kernels_onednn
 from fastnn.atomic import write_atomic
 from fastnn.augment import augment_images
-from fastnn.backend import get_backend
+from fastnn.backend import get_backend, matmul
 from fastnn.layers import Dense
 from fastnn.network import Network, count_correct
 from fastnn.optimizers import Adam
@@ -59,9 +59,9 @@ class Clock:
 def dense_products(layer: Dense, x: np.ndarray, grad_out: np.ndarray) -> dict[str, Callable[[], object]]:
     """The products of ``Dense`` on its own arrays, in the form ``Dense`` runs them."""
     weight = layer.params["W"]
-    products = {"x @ W": lambda: x @ weight, "dW = x.T @ dy": lambda: x.T @ grad_out}
+    products = {"x @ W": lambda: matmul(x, weight), "dW = x.T @ dy": lambda: matmul(x.T, grad_out)}
     if layer.input_grad:
-        products["dx = dy @ W.T"] = lambda: grad_out @ weight.T
+        products["dx = dy @ W.T"] = lambda: matmul(grad_out, weight.T)
     return products
 
 
@@ -169,14 +169,37 @@ def _table(title: str, timings: Timings, whole: list[float]) -> list[str]:
     return lines
 
 
+def _products_line() -> str:
+    if kernels_cpu.products() == "onednn":
+        return f"oneDNN {kernels_onednn.version()}; its idle threads: {kernels_onednn.wait_policy}"
+    return "NumPy's BLAS"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=positive_ints, default=[256, 1024])
     p.add_argument("--steps", type=positive_int, default=30, help="timed steps per batch size and framework")
     p.add_argument("--threads", type=positive_int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--top", type=positive_int, default=12, help="PyTorch operators listed, by self time")
+    p.add_argument(
+        "--products",
+        choices=("onednn", "numpy"),
+        default=None,
+        help="the library of fastnn's matrix products (default: the one training would use)",
+    )
     p.add_argument("--out", type=writable_file, default=None, help="also write the report to this text file")
     args = p.parse_args(argv)
+    if args.products == "onednn" and kernels_cpu.products() != "onednn":
+        p.error(f"--products onednn needs oneDNN: {kernels_onednn.why_not()}")
+    previous_products = kernels_cpu.set_products(args.products) if args.products else None
+    try:
+        return _profile(args, argv)
+    finally:
+        if previous_products:
+            kernels_cpu.set_products(previous_products)
+
+
+def _profile(args: argparse.Namespace, argv: list[str] | None) -> int:
     sizes = [3072, 1024, 512, 10]
     weights = initial_weights(sizes)
     load = LoadMeter()
@@ -187,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "no torch"),
             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
             f"optimizer engine {kernels_cpu.engine()}; OpenBLAS's idle threads: {openblas_idle()}",
+            f"fastnn's products: {_products_line()}",
             "load average at start "
             + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
         ]

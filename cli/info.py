@@ -39,6 +39,16 @@ def update_engine_description() -> str:
     return "numpy (blocks of array operations; pip install 'fastnn[fast]' for numba's faster loops)"
 
 
+def products_description() -> str:
+    """Which library multiplies Dense's float32 matrices on the CPU (fastnn.kernels_cpu.products)."""
+    from fastnn import kernels_cpu, kernels_onednn
+
+    if kernels_cpu.products() == "onednn":
+        return f"oneDNN {kernels_onednn.version()} (its idle threads: {kernels_onednn.wait_policy})"
+    why = kernels_onednn.why_not()  # not installed (with what to install), or not on this system
+    return "NumPy's BLAS" + (f" ({why})" if why else "")
+
+
 def openblas_idle_description() -> str:
     """How long OpenBLAS's idle threads spin after a product (see ``fastnn/__init__.py``)."""
     import fastnn
@@ -63,6 +73,7 @@ def info() -> None:
     console.print(f"fastnn {__version__} · Python {platform.python_version()} · numpy {numpy.__version__}")
     console.print(escape(f"CPU: {platform.machine()}, {os.cpu_count()} cores · BLAS: {blas_description()}"))
     console.print(escape(f"optimizer updates on the CPU: {update_engine_description()}"))
+    console.print(escape(f"matrix products on the CPU: {products_description()}"))
     console.print(escape(f"OpenBLAS's idle threads: {openblas_idle_description()}"))
     table = Table("backend", "status", title="backends")
     for name, status in available_backends().items():

@@ -39,6 +39,7 @@ GPU_INSTALL_HINT = (
 AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
 SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
 FlipShift = Callable[[Any, Any, Any, Any], Any]
+MatMul = Callable[[Any, Any], Any]
 
 
 class BackendUnavailable(RuntimeError):
@@ -125,6 +126,11 @@ class Backend:
         """This namespace's compiled flips and shifts (:func:`fused_flip_shift`), or None."""
         return None
 
+    @staticmethod
+    def fused_matmul() -> MatMul | None:
+        """This namespace's faster matrix product (:func:`matmul`), or None where ``a @ b`` is the one."""
+        return None
+
 
 def _host_array(host_array: Any, dtype: str | None, copy: bool) -> np.ndarray:
     """``host_array`` as a NumPy array, as ``dtype`` if given: a new array, or with ``copy=False``
@@ -170,6 +176,12 @@ class NumpyBackend(Backend):
         from fastnn import kernels_cpu
 
         return kernels_cpu.flip_shift if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
+
+    @staticmethod
+    def fused_matmul() -> MatMul | None:
+        from fastnn import kernels_cpu
+
+        return kernels_cpu.matmul()  # oneDNN's where the [onednn] extra is installed
 
 
 @dataclass(frozen=True)
@@ -421,3 +433,11 @@ def fused_flip_shift(xp: Any) -> FlipShift | None:
     is ``flip_shift(x, flip, dy, dx)`` and returns the new rows; only NumPy with the numba engine has
     one (:func:`fastnn.kernels_cpu.flip_shift`)."""
     return _backend_class(xp).fused_flip_shift()
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b``; for NumPy's float32 matrices with the ``[onednn]`` extra, by oneDNN's sgemm
+    (:mod:`fastnn.kernels_onednn`: the same product, faster than OpenBLAS on AVX-512 CPUs), chosen by
+    :func:`fastnn.kernels_cpu.products`. ``Dense`` makes its three products through this."""
+    fast = _backend_class(namespace(a)).fused_matmul()
+    return a @ b if fast is None else fast(a, b)

@@ -1,4 +1,5 @@
-"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores.
+"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores; and which library
+multiplies NumPy's matrices (:func:`products`: NumPy's BLAS, or oneDNN with the ``[onednn]`` extra).
 
 Written with array operators, one Adam step on a (3072, 1024) weight makes seven full-size
 temporaries and runs on one core. Here the same formulas run in place, in one of two engines:
@@ -80,6 +81,49 @@ def _load_numba() -> Any:
             return None
         _numba = kernels_numba
     return _numba
+
+
+_PRODUCT_ENGINES = ("onednn", "numpy")
+_products: str | None = None  # chosen at the first product: "onednn" where its library loads, else "numpy"
+
+
+def products() -> str:
+    """The library that multiplies ``Dense``'s float32 matrices: ``"onednn"`` (the ``[onednn]``
+    extra, :mod:`fastnn.kernels_onednn`) or ``"numpy"`` (NumPy's ``@``, on its BLAS)."""
+    global _products
+    if _products is None:
+        from fastnn import kernels_onednn
+
+        _products = "onednn" if kernels_onednn.load() is not None else "numpy"
+    return _products
+
+
+def set_products(name: str) -> str:
+    """Multiply on ``name`` (``"onednn"`` or ``"numpy"``); returns the previous choice.
+
+    ``"onednn"`` needs the ``[onednn]`` extra (``pip install 'fastnn[onednn]'``). The benchmark and
+    the tests use this to compare the two; training takes the default, oneDNN where it is installed.
+    """
+    global _products
+    if name not in _PRODUCT_ENGINES:
+        raise ValueError(f"unknown product engine {name!r}; choose one of {', '.join(_PRODUCT_ENGINES)}")
+    if name == "onednn":
+        from fastnn import kernels_onednn
+
+        if kernels_onednn.load() is None:
+            raise ValueError(f"the onednn product engine is not available: {kernels_onednn.why_not()}")
+    previous = products()
+    _products = name
+    return previous
+
+
+def matmul() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """oneDNN's ``a @ b`` (:func:`fastnn.kernels_onednn.matmul`) where :func:`products` is "onednn", else None."""
+    if products() == "onednn":
+        from fastnn import kernels_onednn
+
+        return kernels_onednn.matmul
+    return None
 
 
 def threads() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from fastnn.backend import namespace
+from fastnn.backend import matmul, namespace
 
 Array = Any
 
@@ -102,14 +102,14 @@ class Dense(Layer):
 
     def forward(self, x: Array, training: bool = False) -> Array:
         self._x = x
-        y = x @ self.params["W"]
+        y = matmul(x, self.params["W"])  # x @ W, by the backend's fastest product (fastnn.backend.matmul)
         y += self.params["b"]  # in place: one (batch, n_out) array fewer
         return y
 
     def backward(self, grad_out: Array) -> Array | None:
         xp = namespace(grad_out)
-        self.grads = {"W": self._x.T @ grad_out, "b": xp.sum(grad_out, axis=0)}
-        return grad_out @ self.params["W"].T if self.input_grad else None
+        self.grads = {"W": matmul(self._x.T, grad_out), "b": xp.sum(grad_out, axis=0)}  # x.T @ dy
+        return matmul(grad_out, self.params["W"].T) if self.input_grad else None  # dy @ W.T
 
     def __repr__(self) -> str:
         return f"Dense({self.n_in}, {self.n_out}, init={self.init!r})"

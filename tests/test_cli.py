@@ -28,6 +28,13 @@ def test_info_names_the_optimizer_engine():
     assert f"optimizer updates on the CPU: {kernels_cpu.engine()}" in " ".join(run("info").output.split())
 
 
+def test_info_names_the_library_of_the_products():
+    from fastnn import kernels_cpu
+
+    expected = {"onednn": "oneDNN 3.", "numpy": "NumPy's BLAS"}[kernels_cpu.products()]
+    assert f"matrix products on the CPU: {expected}" in " ".join(run("info").output.split())
+
+
 @pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is usable here")
 def test_info_says_why_the_gpu_backend_is_unavailable():
     reason = gpu_unavailable().split(" (")[0]  # "CuPy is not importable", "CuPy found no usable CUDA driver"

@@ -1,0 +1,174 @@
+"""NumPy's float32 matrix products through oneDNN's ``dnnl_sgemm`` (the ``[onednn]`` extra).
+
+Why: most of a training step is three matrix products per ``Dense`` layer. On an Intel Xeon with
+AVX-512 (``bench/results/README.md``), NumPy's OpenBLAS does the default network's largest product,
+(256 x 3072) @ (3072 x 1024), in about 9 ms on two cores; oneDNN, Intel's library of deep-learning
+kernels, in about 7.7 ms, as fast as PyTorch's MKL. The ``[onednn]`` extra installs the library
+(``onednn-cpu-gomp``: one shared library, threaded with GNU OpenMP, the system's ``libgomp.so.1``);
+this module finds it and calls it through ``ctypes``. Nothing here is needed for fastnn to work:
+without the extra, ``Dense`` multiplies with NumPy's ``@``.
+
+:func:`matmul` is ``a @ b`` for two 2-D float32 arrays stored row by row (C order, or a transposed
+view of C order, which oneDNN reads as "transposed"); anything else (float64, other strides, empty
+shapes) is NumPy's ``a @ b``. The same products in another summation order: the last bits differ
+from OpenBLAS's, and on one machine, thread count and library version they are the same every run
+(``tests/test_kernels_onednn.py``), which ``--resume``'s bit-identical continuation needs.
+
+A process made by ``fork`` after oneDNN loaded multiplies with NumPy's BLAS (GNU OpenMP's threads
+do not survive a fork; its child would wait for them for ever).
+
+GNU OpenMP's idle threads spin for a while after each parallel region before they sleep, as
+OpenBLAS's do (``fastnn/__init__.py``); on a small machine that spinning takes the cores from the
+optimizer's update that follows the last product. So, unless the user has set ``OMP_WAIT_POLICY``
+or ``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY=PASSIVE`` is set while the library loads (GNU OpenMP reads
+it then), and removed again so that other OpenMP libraries loaded later see the user's environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import site
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INSTALL_HINT = "pip install 'fastnn[onednn]'"
+LIBRARY = "libdnnl.so.3"
+
+_lib: Any = None
+_why_not: str | None = None  # why the library did not load, once tried
+wait_policy: str = "not loaded"  # how GNU OpenMP's idle threads wait, for ``fastnn info``
+
+_dim = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
+
+
+def _candidates() -> list[str]:
+    """Where pip puts the extra's library (``<prefix>/lib``, for a virtual environment or a user
+    install), then the system's search path."""
+    folders = [Path(sys.prefix) / "lib", Path(site.getuserbase()) / "lib"]
+    return [str(folder / LIBRARY) for folder in folders if (folder / LIBRARY).is_file()] + [LIBRARY]
+
+
+def _gomp_loaded() -> bool:
+    """Whether GNU OpenMP is already loaded in this process (then its wait policy is already set)."""
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def load() -> Any:
+    """The oneDNN library, loaded once, or None where it is not installed (:func:`why_not` says why)."""
+    global _lib, _why_not, wait_policy
+    if _lib is not None or _why_not is not None:
+        return _lib
+    if not sys.platform.startswith("linux"):
+        _why_not = f"the [onednn] extra's library is built for Linux only, not {sys.platform}"
+        return None
+    user_set = [name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ]
+    preloaded = _gomp_loaded()
+    ours = not user_set and not preloaded
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    errors = []
+    try:
+        for candidate in _candidates():
+            try:
+                lib = ctypes.CDLL(candidate)
+                break
+            except OSError as exc:
+                errors.append(str(exc))
+        else:
+            _why_not = f"oneDNN not found ({errors[-1]}); {INSTALL_HINT}"
+            return None
+    finally:
+        if ours:
+            del os.environ["OMP_WAIT_POLICY"]
+    lib.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char, _dim, _dim, _dim, ctypes.c_float, _ptr, _dim,
+                               _ptr, _dim, ctypes.c_float, _ptr, _dim]
+    lib.dnnl_sgemm.restype = ctypes.c_int
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    if ours:
+        wait_policy = "sleep at once (OMP_WAIT_POLICY=PASSIVE, set by fastnn while oneDNN loaded)"
+    elif user_set:
+        wait_policy = ", ".join(f"{name}={os.environ[name]}" for name in user_set) + ", from the environment"
+    else:
+        wait_policy = ("GNU OpenMP was loaded before oneDNN, so its idle threads wait as it was told then; "
+                       "export OMP_WAIT_POLICY=PASSIVE to free the cores at once")
+    _lib = lib
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forked)
+    return _lib
+
+
+def _forked() -> None:
+    """In a child made by ``fork``: GNU OpenMP's thread pool was not copied, and its first parallel
+    region would wait for it for ever; this process multiplies with NumPy's BLAS instead (fastnn's
+    own worker processes are started with "spawn", which loads everything afresh)."""
+    global _lib, _why_not
+    from fastnn import kernels_cpu
+
+    _lib = None
+    _why_not = "this process was forked from one that had loaded oneDNN, whose OpenMP threads do not survive a fork"
+    kernels_cpu._products = None  # chosen afresh: NumPy's
+
+
+def why_not() -> str | None:
+    """Why oneDNN is not available (after :func:`load` returned None), else None."""
+    return _why_not
+
+
+def version() -> str:
+    """oneDNN's version, e.g. ``"3.2.0"``; "" where it is not loaded."""
+    if load() is None:
+        return ""
+    v = _lib.dnnl_version().contents
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+def _operand(a: np.ndarray) -> tuple[bytes, np.ndarray, int] | None:
+    """How oneDNN reads ``a``: ("N", a, row stride) for rows of contiguous elements, ("T", a.T, its
+    row stride) for a transposed view of such, None for any other layout."""
+    item = a.itemsize
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if s1 == item and s0 % item == 0 and s0 // item >= cols:
+        return b"N", a, s0 // item
+    if s0 == item and s1 % item == 0 and s1 // item >= rows:
+        return b"T", a.T, s1 // item
+    return None
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` as a new C-order array; by oneDNN for 2-D float32 operands it can read, else by NumPy."""
+    if (
+        _lib is None
+        or a.dtype != np.float32
+        or b.dtype != np.float32
+        or a.ndim != 2
+        or b.ndim != 2
+        or a.shape[1] != b.shape[0]
+        or 0 in a.shape
+        or b.shape[1] == 0
+    ):
+        return a @ b
+    left, right = _operand(a), _operand(b)
+    if left is None or right is None:
+        return a @ b
+    (ta, A, lda), (tb, B, ldb) = left, right
+    m, k = a.shape
+    n = b.shape[1]
+    out = np.empty((m, n), dtype=np.float32)
+    status = _lib.dnnl_sgemm(ta, tb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, out.ctypes.data, n)
+    if status != 0:  # oneDNN refused (it should not for what was checked above): NumPy's answer is the same product
+        return a @ b
+    return out
