@@ -4,8 +4,8 @@ A *runner* is one (framework, device) pair. It has ``label``, ``framework``, ``d
 ``setup(batch_size, weights)`` (build a fresh model from the host weights), ``epoch(rows)`` (train
 once over the first ``rows`` examples in a random order; returns (seconds, mean loss), the device
 synchronised before the clock starts and after it stops) and ``describe()`` (a dict for the JSON).
-:func:`measure` times all runners on one batch size, interleaved (A, B, A, B, ...), so that a change
-in machine load hits each of them alike.
+:func:`measure` times all runners on one batch size, interleaved (A, B, B, A, A, B, ...), so that a
+change in machine load hits each of them alike, and pairs each fastnn epoch with PyTorch's of the same round.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def writable_file(text: str) -> Path:
 
 @contextlib.contextmanager
 def cpu_threads(threads: int, warn: Callable[[str], None] = print) -> Iterator[None]:
-    """Run the block with NumPy's BLAS (and any OpenMP pool), fastnn's optimizer updates
+    """Run the block with NumPy's BLAS (and any OpenMP pool: oneDNN's, PyTorch's), fastnn's optimizer updates
     (``fastnn.kernels_cpu``) and PyTorch limited to ``threads``; the
     limits are undone at the end, so that a benchmark run in-process (the tests) leaves the thread
     counts, and with them the rounding of BLAS sums, as they were."""
@@ -72,6 +72,7 @@ def cpu_threads(threads: int, warn: Callable[[str], None] = print) -> Iterator[N
 
     with contextlib.ExitStack() as undo:
         undo.callback(kernels_cpu.set_threads, kernels_cpu.set_threads(threads))  # fastnn's optimizer updates
+        kernels_cpu.products()  # loads oneDNN (the [onednn] extra) now, so that its OpenMP pool is limited too
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
@@ -145,6 +146,9 @@ class Result:
     parameters: int
     reference: bool = False
     ratio_to_torch: float | None = None
+    # fastnn's rows: for each PyTorch run on the same device, the median over the rounds of (this
+    # epoch / that run's epoch of the same round), which a drift in the machine's speed spares
+    paired_ratios: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,7 +199,9 @@ def measure(
         if progress:
             progress(f"{runner.label} batch {batch_size}: warmed up")
     for i in range(epochs):
-        for runner in runners:
+        # one round: each runner once, back to back; every other round in reverse order, so that a
+        # machine slowing down (or speeding up) through a round weighs on each runner alike
+        for runner in runners if i % 2 == 0 else runners[::-1]:
             seconds, losses[runner.label] = runner.epoch(rows)
             times[runner.label].append(seconds * 1e3 * EPOCH_IMAGES / rows)
             if progress:
@@ -219,4 +225,10 @@ def measure(
         peer = peers.get(res.device)
         if peer is not None:
             res.ratio_to_torch = res.median_ms / peer.median_ms
+        if res.framework == "fastnn":
+            res.paired_ratios = {
+                other.backend: statistics.median(a / b for a, b in zip(res.epoch_ms, other.epoch_ms))
+                for other in results
+                if other.framework == "torch" and other.device == res.device
+            }
     return results

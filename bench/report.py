@@ -86,6 +86,20 @@ def _update_engine() -> str:
     return kernels_cpu.engine()
 
 
+def _products() -> str:
+    """The library of fastnn's CPU products training would use, with its version."""
+    from fastnn import kernels_cpu, kernels_onednn
+
+    return f"onednn {kernels_onednn.version()}" if kernels_cpu.products() == "onednn" else "numpy"
+
+
+def _onednn_idle() -> str | None:
+    """How GNU OpenMP's idle threads wait, which oneDNN's products and PyTorch share (bench/__init__.py)."""
+    from fastnn import kernels_onednn
+
+    return kernels_onednn.wait_policy if kernels_onednn.load() is not None else None
+
+
 def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
     """Where the numbers come from: CPU, cores, library versions, BLAS and threads, GPU, load."""
     info: dict[str, Any] = {
@@ -100,6 +114,8 @@ def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "openblas_idle_threads": openblas_idle(),
         "update_engine": _update_engine(),
+        "products": _products(),
+        "onednn_idle_threads": _onednn_idle(),
         "torch": None if torch is None else torch.__version__,
         "gpu": gpu_name,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -160,6 +176,20 @@ def print_report(console: Console, results: list[Result], info: dict[str, Any], 
             markup=False,
         )
     console.print(table(results, f"ms per epoch of {EPOCH_IMAGES:,} images"))
+    for line in paired_lines(results):
+        console.print(line, markup=False)
+
+
+def paired_lines(results: list[Result]) -> list[str]:
+    """fastnn's epochs over PyTorch's of the same round, the median over the rounds (``Result.paired_ratios``)."""
+    lines = []
+    for r in results:
+        if r.paired_ratios:
+            pairs = ", ".join(f"{ratio:.3f}x {peer}" for peer, ratio in r.paired_ratios.items())
+            lines.append(f"{r.backend} batch {r.batch_size}, paired by round: {pairs}")
+    if lines:
+        lines.insert(0, "round by round (median of this epoch / the peer's epoch of the same round):")
+    return lines
 
 
 def markdown_table(results: list[Result]) -> str:

@@ -163,3 +163,46 @@ def test_bad_benchmark_options_are_refused_before_any_timing(capsys, args, messa
         parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+class _Clocked:
+    """A runner whose epochs take what a script says: ``speed`` times the machine's slowness of the moment."""
+
+    def __init__(self, label, framework, speed, machine, log, reference=False):
+        self.label, self.framework, self.device, self.reference = label, framework, "cpu", reference
+        self.speed, self.machine, self.log = speed, machine, log
+
+    def setup(self, batch_size, weights):
+        pass
+
+    def epoch(self, rows):
+        self.log.append(self.label)
+        return self.speed * next(self.machine), 1.0
+
+    def describe(self):
+        return {}
+
+
+def test_rounds_alternate_their_order_and_pair_fastnn_with_each_peer():
+    from bench.harness import Workload, measure
+
+    # the machine slows down 10% with every epoch run
+    slowness = iter(1.1**i for i in range(100))
+    log = []
+    runners = [
+        _Clocked("fastnn-numpy", "fastnn", 1.0, slowness, log),
+        _Clocked("torch-cpu", "torch", 2.0, slowness, log, reference=True),
+        _Clocked("torch-cpu[fused]", "torch", 1.0, slowness, log),
+    ]
+    results = measure(runners, Workload([4, 3, 2], rows=8), 4, 4, None)
+    timed = log[3:]  # after one warm-up epoch each
+    one_way = ["fastnn-numpy", "torch-cpu", "torch-cpu[fused]"]
+    assert timed == (one_way + one_way[::-1]) * 2
+    fastnn = next(r for r in results if r.framework == "fastnn")
+    assert set(fastnn.paired_ratios) == {"torch-cpu", "torch-cpu[fused]"}
+    # fastnn runs just before torch-cpu in even rounds and just after it in odd ones: 1/1.1 and 1.1 times
+    # the true ratio 1/2 by turns, whose median is within 0.5% of it
+    expected = sorted(1.1**k / 2.0 for k in (-1, 1, -1, 1))
+    assert fastnn.paired_ratios["torch-cpu"] == pytest.approx((expected[1] + expected[2]) / 2)
+    assert fastnn.paired_ratios["torch-cpu"] == pytest.approx(0.5, rel=0.005)
+    assert all(not r.paired_ratios for r in results if r.framework == "torch")
