@@ -116,6 +116,8 @@ def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:
         "update_engine": _update_engine(),
         "products": _products(),
         "onednn_idle_threads": _onednn_idle(),
+        # ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN's products to an AVX2 CPU's kernels, as OPENBLAS_CORETYPE does OpenBLAS's
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "torch": None if torch is None else torch.__version__,
         "gpu": gpu_name,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
