@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.harness import cpu_threads, initial_weights, positive_int, positive_ints, synthetic_data, writable_file
-from bench.report import LoadMeter, blas, cpu_model, openblas_idle
+from bench.report import LoadMeter, blas, cpu_model, openblas_idle, products
 from bench.torch_peer import torch
 from fastnn import kernels_cpu, kernels_onednn
 from fastnn.atomic import write_atomic
@@ -169,12 +169,6 @@ def _table(title: str, timings: Timings, whole: list[float]) -> list[str]:
     return lines
 
 
-def _products_line() -> str:
-    if kernels_cpu.products() == "onednn":
-        return f"oneDNN {kernels_onednn.version()}; its idle threads: {kernels_onednn.wait_policy}"
-    return "NumPy's BLAS"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=positive_ints, default=[256, 1024])
@@ -210,7 +204,7 @@ def _profile(args: argparse.Namespace, argv: list[str] | None) -> int:
             + (f"torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "no torch"),
             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
             f"optimizer engine {kernels_cpu.engine()}; OpenBLAS's idle threads: {openblas_idle()}",
-            f"fastnn's products: {_products_line()}",
+            f"fastnn's products: {products()}",
             "load average at start "
             + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
         ]

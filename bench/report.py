@@ -44,6 +44,10 @@ def blas() -> str:
     return _described("blas")
 
 
+def products() -> str:
+    return _described("products")
+
+
 class LoadMeter:
     """How busy the machine was during the run, and how much of that was other processes.
 

@@ -2,7 +2,7 @@
 
 import click
 
-from fastnn import __version__
+from fastnn import __version__, kernels_cpu
 from fastnn_cli.backprop import backprop
 from fastnn_cli.evaluate import evaluate_command
 from fastnn_cli.experiments import experiments
@@ -16,6 +16,10 @@ from fastnn_cli.tune import tune
 @click.version_option(__version__, prog_name="fastnn")
 def cli() -> None:
     """Fully-connected networks on CIFAR-10, from scratch, on NumPy or CuPy."""
+    try:
+        kernels_cpu.products_setting()  # FASTNN_PRODUCTS, checked where it enters
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 cli.add_command(info)

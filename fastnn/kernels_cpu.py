@@ -87,14 +87,37 @@ _PRODUCT_ENGINES = ("onednn", "numpy")
 _products: str | None = None  # chosen at the first product: "onednn" where its library loads, else "numpy"
 
 
-def products() -> str:
-    """The library that multiplies ``Dense``'s float32 matrices: ``"onednn"`` (the ``[onednn]``
-    extra, :mod:`fastnn.kernels_onednn`) or ``"numpy"`` (NumPy's ``@``, on its BLAS)."""
-    global _products
-    if _products is None:
+PRODUCTS_SETTING = "FASTNN_PRODUCTS"
+
+
+def products_setting() -> str | None:
+    """The product engine named by the environment variable ``FASTNN_PRODUCTS`` (``onednn`` or
+    ``numpy``), or None where it is unset; a ValueError names the problem and the fix."""
+    name = os.environ.get(PRODUCTS_SETTING, "").strip()
+    if not name:
+        return None
+    if name not in _PRODUCT_ENGINES:
+        raise ValueError(f"{PRODUCTS_SETTING}={name} is not a product engine; set it to onednn or numpy, or unset it")
+    if name == "onednn":
         from fastnn import kernels_onednn
 
-        _products = "onednn" if kernels_onednn.load() is not None else "numpy"
+        if kernels_onednn.load() is None:
+            raise ValueError(f"{PRODUCTS_SETTING}=onednn, but {kernels_onednn.why_not()}")
+    return name
+
+
+def products() -> str:
+    """The library that multiplies ``Dense``'s float32 matrices: ``"onednn"`` (the ``[onednn]``
+    extra, :mod:`fastnn.kernels_onednn`) or ``"numpy"`` (NumPy's ``@``, on its BLAS). The default
+    is oneDNN where it is installed; ``FASTNN_PRODUCTS=numpy`` (or ``onednn``) chooses."""
+    global _products
+    if _products is None:
+        chosen = products_setting()
+        if chosen is None:
+            from fastnn import kernels_onednn
+
+            chosen = "onednn" if kernels_onednn.load() is not None else "numpy"
+        _products = chosen
     return _products
 
 

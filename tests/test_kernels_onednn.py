@@ -188,3 +188,31 @@ def test_a_forked_child_multiplies_with_numpys_blas_instead_of_hanging():
     done = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child numpy 3072.0", "parent onednn 3072.0"]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("numpy", "matrix products on the CPU: NumPy's BLAS"), ("onednn", "matrix products on the CPU: oneDNN 3."),
+     ("", "matrix products on the CPU: oneDNN 3."),
+     ("mkl", "Error: FASTNN_PRODUCTS=mkl is not a product engine; set it to onednn or numpy, or unset it")],
+)  # fmt: skip
+def test_fastnn_products_chooses_the_library_and_a_bad_value_is_one_line(value, expected):
+    done = subprocess.run(
+        [sys.executable, "-c", "from fastnn_cli.main import cli; cli()", "info"],
+        env={**os.environ, "FASTNN_PRODUCTS": value, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == (2 if value == "mkl" else 0), output
+    assert expected in output and "Traceback" not in output
+
+
+def test_fastnn_products_onednn_where_it_is_missing_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("FASTNN_PRODUCTS", "onednn")
+    monkeypatch.setattr(kernels_onednn, "load", lambda: None)
+    monkeypatch.setattr(kernels_onednn, "why_not", lambda: f"oneDNN not found; {kernels_onednn.INSTALL_HINT}")
+    expected = r"FASTNN_PRODUCTS=onednn, but oneDNN not found; pip install 'fastnn\[onednn\]'"
+    with pytest.raises(ValueError, match=expected):
+        kernels_cpu.products_setting()
