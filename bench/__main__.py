@@ -32,34 +32,32 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _choices(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """An argparse helper: ``text``, a comma list, as a list of names each of them in ``allowed``."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    if not chosen or any(name not in allowed for name in chosen):
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)} (got {text!r})")
+    return chosen
+
+
 def _adam_kinds(text: str) -> list[str]:
-    kinds = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [k for k in kinds if k not in ("default", "foreach", "fused")]
-    if bad or not kinds:
-        raise argparse.ArgumentTypeError(f"choose from default, foreach, fused (got {text!r})")
-    return kinds
+    return _choices(text, ("default", "foreach", "fused"))
 
 
 def _engines(text: str) -> list[str]:
     from fastnn import kernels_cpu
 
-    engines = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [e for e in engines if e not in ("numba", "numpy")]
-    if bad or not engines:
-        raise argparse.ArgumentTypeError(f"choose from numba, numpy (got {text!r})")
+    engines = _choices(text, ("numba", "numpy"))
     if "numba" in engines and kernels_cpu.engine() != "numba":
         raise argparse.ArgumentTypeError("the numba engine needs numba: pip install 'fastnn[fast]'")
     return engines
 
 
 def _products(text: str) -> list[str]:
-    from fastnn import kernels_cpu, kernels_onednn
+    from fastnn import kernels_onednn
 
-    choices = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [c for c in choices if c not in ("onednn", "numpy")]
-    if bad or not choices:
-        raise argparse.ArgumentTypeError(f"choose from onednn, numpy (got {text!r})")
-    if "onednn" in choices and kernels_cpu.products() != "onednn":
+    choices = _choices(text, ("onednn", "numpy"))
+    if "onednn" in choices and kernels_onednn.load() is None:
         raise argparse.ArgumentTypeError(f"the onednn products need oneDNN: {kernels_onednn.why_not()}")
     return choices
 

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=writable_file, default=None, help="also write the report to this text file")
     args = p.parse_args(argv)
-    if args.products == "onednn" and kernels_cpu.products() != "onednn":
+    if args.products == "onednn" and kernels_onednn.load() is None:
         p.error(f"--products onednn needs oneDNN: {kernels_onednn.why_not()}")
     previous_products = kernels_cpu.set_products(args.products) if args.products else None
     try:

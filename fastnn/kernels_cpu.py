@@ -98,12 +98,17 @@ def products_setting() -> str | None:
         return None
     if name not in _PRODUCT_ENGINES:
         raise ValueError(f"{PRODUCTS_SETTING}={name} is not a product engine; set it to onednn or numpy, or unset it")
+    _check_available(name, f"{PRODUCTS_SETTING}=onednn, but")
+    return name
+
+
+def _check_available(name: str, refusal: str) -> None:
+    """A ValueError, ``refusal`` and why, where the product engine ``name`` cannot run here."""
     if name == "onednn":
         from fastnn import kernels_onednn
 
         if kernels_onednn.load() is None:
-            raise ValueError(f"{PRODUCTS_SETTING}=onednn, but {kernels_onednn.why_not()}")
-    return name
+            raise ValueError(f"{refusal} {kernels_onednn.why_not()}")
 
 
 def products() -> str:
@@ -130,11 +135,7 @@ def set_products(name: str) -> str:
     global _products
     if name not in _PRODUCT_ENGINES:
         raise ValueError(f"unknown product engine {name!r}; choose one of {', '.join(_PRODUCT_ENGINES)}")
-    if name == "onednn":
-        from fastnn import kernels_onednn
-
-        if kernels_onednn.load() is None:
-            raise ValueError(f"the onednn product engine is not available: {kernels_onednn.why_not()}")
+    _check_available(name, "the onednn product engine is not available:")
     previous = products()
     _products = name
     return previous

@@ -152,6 +152,8 @@ def test_benchmarks_run_in_process_leave_the_thread_counts_as_they_were(tmp_path
         (["--hidden", "1024,x"], "argument --hidden: 'x' is not a whole number"),
         (["--steps", "-1"], "argument --steps: -1 must be at least 1"),
         (["--only", "bogus"], "--only: unknown runner(s) bogus; choose from fastnn-numpy"),
+        (["--products", "mkl"], "argument --products: choose from onednn, numpy (got 'mkl')"),
+        (["--torch-adam", ","], "argument --torch-adam: choose from default, foreach, fused (got ',')"),
         (["--out", "."], "argument --out: . is a folder; name a file in it"),
         (["--rows", "100", "--batch-sizes", "256"], "--rows 100 is less than one batch of 256"),
     ],
