@@ -1,6 +1,7 @@
 """fastnn.kernels_onednn: NumPy's float32 products through oneDNN (the ``[onednn]`` extra), and the
 choice between it and NumPy's BLAS (fastnn.kernels_cpu.products)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -216,3 +217,15 @@ def test_fastnn_products_onednn_where_it_is_missing_says_what_to_install(monkeyp
     expected = r"FASTNN_PRODUCTS=onednn, but oneDNN not found; pip install 'fastnn\[onednn\]'"
     with pytest.raises(ValueError, match=expected):
         kernels_cpu.products_setting()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch, whose wheel loads GNU OpenMP")
+def test_where_gnu_openmp_came_first_info_says_what_to_export():
+    code = "import torch; from fastnn import kernels_onednn; kernels_onednn.load(); print(kernels_onednn.wait_policy)"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "GNU OpenMP was loaded before oneDNN, so its idle threads wait as it was told then; "
+        "export OMP_WAIT_POLICY=PASSIVE to free the cores at once"
+    )
