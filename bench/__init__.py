@@ -12,10 +12,11 @@ output says so.
 """
 
 import fastnn  # noqa: F401,E402 - first, so that its OpenBLAS setting comes before NumPy loads OpenBLAS
-from fastnn import kernels_cpu  # noqa: E402
+from fastnn import kernels_onednn  # noqa: E402
 
 # oneDNN (the [onednn] extra) before PyTorch: both run on GNU OpenMP, and the process has one copy of it,
 # whichever loads first; loaded first, its idle threads sleep at once (fastnn.kernels_onednn), as they do
 # in `fastnn train`. PyTorch's threads then wait the same way (its epochs measured the same either way:
-# bench/results/README.md).
-kernels_cpu.products()
+# bench/results/README.md). Loaded here, whatever FASTNN_PRODUCTS says, its OpenMP pool is also there
+# for bench.harness.cpu_threads to limit, also where a run asks for it with --products onednn.
+kernels_onednn.load()

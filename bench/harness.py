@@ -72,7 +72,6 @@ def cpu_threads(threads: int, warn: Callable[[str], None] = print) -> Iterator[N
 
     with contextlib.ExitStack() as undo:
         undo.callback(kernels_cpu.set_threads, kernels_cpu.set_threads(threads))  # fastnn's optimizer updates
-        kernels_cpu.products()  # loads oneDNN (the [onednn] extra) now, so that its OpenMP pool is limited too
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
