@@ -15,7 +15,7 @@ import fastnn  # noqa: F401,E402 - first, so that its OpenBLAS setting comes bef
 from fastnn import kernels_onednn  # noqa: E402
 
 # oneDNN (the [onednn] extra) before PyTorch: both run on GNU OpenMP, and the process has one copy of it,
-# whichever loads first; loaded first, its idle threads sleep at once (fastnn.kernels_onednn), as they do
+# whichever loads first; loaded first, its idle threads sleep at once (fastnn.openmp), as they do
 # in `fastnn train`. PyTorch's threads then wait the same way (its epochs measured the same either way:
 # bench/results/README.md). Loaded here, whatever FASTNN_PRODUCTS says, its OpenMP pool is also there
 # for bench.harness.cpu_threads to limit, also where a run asks for it with --products onednn.

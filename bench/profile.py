@@ -14,7 +14,10 @@ and the median over the steps is reported in milliseconds per step, with its sha
   backward into its operators (self CPU time per step).
 
 Phases are timed one after the other, so a phase cannot overlap the next as it may in a free-running
-loop; the sum is close to, not equal to, the time of an untimed step (printed too).
+loop; the sum is close to, not equal to, the time of an untimed step (printed too). The two
+frameworks take turns, a step each (fastnn first in even steps, PyTorch first in odd ones), so that
+a host whose speed drifts during the run (a shared virtual machine's does, by tens of per cent within
+minutes) slows both alike and the two columns stay comparable.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from bench.torch_peer import torch
 from fastnn import kernels_cpu, kernels_onednn
 from fastnn.atomic import write_atomic
 from fastnn.augment import augment_images
-from fastnn.backend import get_backend, matmul
+from fastnn.backend import get_backend, matmul, take_rows
 from fastnn.layers import Dense
 from fastnn.network import Network, count_correct
 from fastnn.optimizers import Adam
@@ -65,7 +68,9 @@ def dense_products(layer: Dense, x: np.ndarray, grad_out: np.ndarray) -> dict[st
     return products
 
 
-def profile_fastnn(sizes, weights, x, y, batch_size: int, steps: int) -> tuple[Timings, list[float]]:
+def fastnn_stepper(sizes, weights, x, y, batch_size: int) -> tuple[Callable[[int], None], Clock, list[float]]:
+    """fastnn's step ``step`` (an untimed step, then the same batch phase by phase), its clock and
+    the untimed steps' milliseconds."""
     backend = get_backend("cpu")
     network = Network(sizes, backend=backend)
     network.load_state_dict(weights)
@@ -73,7 +78,7 @@ def profile_fastnn(sizes, weights, x, y, batch_size: int, steps: int) -> tuple[T
     clock = Clock()
 
     def timed_step(index) -> None:
-        xb = clock.time("gather (take)", lambda: np.take(x, index, axis=0))
+        xb = clock.time("gather (take)", lambda: take_rows(x, index))
         yb = np.take(y, index, axis=0)
         clock.time("augmentation (not in bench)", lambda: augment_images(xb, rng))
         inputs = [xb]
@@ -95,16 +100,20 @@ def profile_fastnn(sizes, weights, x, y, batch_size: int, steps: int) -> tuple[T
 
     whole: list[float] = []
     order = rng.permutation(x.shape[0])
-    for step in range(steps + 2):  # two warm-up steps
-        index = order[(step * batch_size) % (x.shape[0] - batch_size) :][:batch_size]
+
+    def step(number: int) -> None:
+        index = order[(number * batch_size) % (x.shape[0] - batch_size) :][:batch_size]
         started = time.perf_counter()  # an untimed step first, to compare the sum of the phases with
-        network.train_step(np.take(x, index, axis=0), np.take(y, index, axis=0), optimizer, 1e-3)
+        network.train_step(take_rows(x, index), np.take(y, index, axis=0), optimizer, 1e-3)
         whole.append((time.perf_counter() - started) * 1e3)
         timed_step(index)
-    return {k: v[2:] for k, v in clock.ms.items()}, whole[2:]
+
+    return step, clock, whole
 
 
-def profile_torch(sizes, weights, x, y, batch_size: int, steps: int) -> tuple[Timings, list[float], Timings]:
+def torch_stepper(sizes, weights, x, y, batch_size: int) -> tuple[Callable[[int], None], Clock, list[float], Callable]:
+    """PyTorch's step ``step`` (untimed, then phase by phase), its clock, the untimed steps'
+    milliseconds, and ``operators(steps)``: torch.profiler's self CPU ms per step of each operator."""
     from torch import nn
     from torch.nn import functional as F
 
@@ -138,19 +147,36 @@ def profile_torch(sizes, weights, x, y, batch_size: int, steps: int) -> tuple[Ti
             run("count correct", lambda: (out.argmax(1) == yb).sum())
         run("optimizer (Adam fused)", optimizer.step)
 
-    for step in range(steps + 2):
-        index = order[(step * batch_size) % (x.shape[0] - batch_size) :][:batch_size]
+    def batch(number: int):
+        return order[(number * batch_size) % (x.shape[0] - batch_size) :][:batch_size]
+
+    def step(number: int) -> None:
         started = time.perf_counter()
-        step_once(index, None)
+        step_once(batch(number), None)
         whole.append((time.perf_counter() - started) * 1e3)
-        step_once(index, clock)
-    operators: Timings = defaultdict(list)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for step in range(steps):
-            step_once(order[(step * batch_size) % (x.shape[0] - batch_size) :][:batch_size], None)
-    for event in prof.key_averages():
-        operators[event.key] = [event.self_cpu_time_total / 1e3 / steps]
-    return {k: v[2:] for k, v in clock.ms.items()}, whole[2:], operators
+        step_once(batch(number), clock)
+
+    def operators(steps: int) -> Timings:
+        found: Timings = defaultdict(list)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for number in range(steps):
+                step_once(batch(number), None)
+        for event in prof.key_averages():
+            found[event.key] = [event.self_cpu_time_total / 1e3 / steps]
+        return found
+
+    return step, clock, whole, operators
+
+
+def interleave(steps: list[Callable[[int], None]], count: int) -> None:
+    """``count`` steps of each stepper, taking turns, the first one first in even steps and last in odd ones."""
+    for number in range(count):
+        for step in steps if number % 2 == 0 else steps[::-1]:
+            step(number)
+
+
+def _after_warmup(timings: Timings) -> Timings:
+    return {name: values[2:] for name, values in timings.items()}
 
 
 def _name(layer) -> str:
@@ -211,12 +237,17 @@ def _profile(args: argparse.Namespace, argv: list[str] | None) -> int:
         for batch_size in args.batch_sizes:
             rows = (args.steps + 3) * batch_size
             x, y = synthetic_data(rows, sizes[0], sizes[-1])
-            timings, whole = profile_fastnn(sizes, weights, x, y, batch_size, args.steps)
-            lines += ["", *_table(f"fastnn on NumPy, batch {batch_size}", timings, whole)]
+            step, clock, whole = fastnn_stepper(sizes, weights, x, y, batch_size)
+            steppers = [step]
             if torch is not None:
-                timings, whole, operators = profile_torch(sizes, weights, x, y, batch_size, args.steps)
-                lines += ["", *_table(f"PyTorch, Adam(fused=True), batch {batch_size}", timings, whole)]
-                top = sorted(operators.items(), key=lambda kv: -kv[1][0])[: args.top]
+                torch_step, torch_clock, torch_whole, operators = torch_stepper(sizes, weights, x, y, batch_size)
+                steppers.append(torch_step)
+            interleave(steppers, args.steps + 2)  # two warm-up steps each, dropped below
+            lines += ["", *_table(f"fastnn on NumPy, batch {batch_size}", _after_warmup(clock.ms), whole[2:])]
+            if torch is not None:
+                title = f"PyTorch, Adam(fused=True), batch {batch_size}"
+                lines += ["", *_table(title, _after_warmup(torch_clock.ms), torch_whole[2:])]
+                top = sorted(operators(args.steps).items(), key=lambda kv: -kv[1][0])[: args.top]
                 lines.append(f"  torch.profiler, self CPU ms per step, top {args.top} operators:")
                 lines += [f"    {name:42s} {values[0]:8.3f}" for name, values in top]
     used = load.result()

@@ -99,9 +99,9 @@ def _products() -> str:
 
 def _onednn_idle() -> str | None:
     """How GNU OpenMP's idle threads wait, which oneDNN's products and PyTorch share (bench/__init__.py)."""
-    from fastnn import kernels_onednn
+    from fastnn import kernels_onednn, openmp
 
-    return kernels_onednn.wait_policy if kernels_onednn.load() is not None else None
+    return openmp.wait_policy if kernels_onednn.load() is not None else None
 
 
 def machine_info(threads: int, gpu_name: str | None) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def update_engine_description() -> str:
     from fastnn import kernels_cpu
 
     if kernels_cpu.engine() == "numba":
-        return "numba (compiled loops)"
+        return f"numba (compiled loops, on {kernels_cpu.numba_threads_description()})"
     return "numpy (blocks of array operations; pip install 'fastnn[fast]' for numba's faster loops)"
 
 
@@ -44,7 +44,7 @@ def products_description() -> str:
     from fastnn import kernels_cpu, kernels_onednn
 
     if kernels_cpu.products() == "onednn":
-        return f"oneDNN {kernels_onednn.version()} (its idle threads: {kernels_onednn.wait_policy})"
+        return f"oneDNN {kernels_onednn.version()} (on GNU OpenMP's threads)"
     why = kernels_onednn.why_not()  # not installed (with what to install), or not on this system
     return "NumPy's BLAS" + (f" ({why})" if why else "")
 
@@ -72,9 +72,13 @@ def info() -> None:
     console = Console()
     console.print(f"fastnn {__version__} · Python {platform.python_version()} · numpy {numpy.__version__}")
     console.print(escape(f"CPU: {platform.machine()}, {os.cpu_count()} cores · BLAS: {blas_description()}"))
-    console.print(escape(f"optimizer updates on the CPU: {update_engine_description()}"))
+    console.print(escape(f"optimizer updates and elementwise loops on the CPU: {update_engine_description()}"))
     console.print(escape(f"matrix products on the CPU: {products_description()}"))
     console.print(escape(f"OpenBLAS's idle threads: {openblas_idle_description()}"))
+    from fastnn import openmp
+
+    if openmp.loaded_already():  # by oneDNN's products or numba's loops, above
+        console.print(escape(f"GNU OpenMP's idle threads: {openmp.wait_policy}"))
     table = Table("backend", "status", title="backends")
     for name, status in available_backends().items():
         style = "green" if status.startswith("ok") else "yellow"

@@ -131,6 +131,13 @@ class Backend:
         """This namespace's faster matrix product (:func:`matmul`), or None where ``a @ b`` is the one."""
         return None
 
+    @staticmethod
+    def fused_loop(name: str) -> Callable[..., Any] | None:
+        """This namespace's compiled loop ``name`` ("relu", "relu_grad", "take_rows": :func:`relu`
+        and the functions after it), or None where the formula runs. The loop itself may answer None
+        for arrays it does not take, and the formula runs then too."""
+        return None
+
 
 def _host_array(host_array: Any, dtype: str | None, copy: bool) -> np.ndarray:
     """``host_array`` as a NumPy array, as ``dtype`` if given: a new array, or with ``copy=False``
@@ -182,6 +189,12 @@ class NumpyBackend(Backend):
         from fastnn import kernels_cpu
 
         return kernels_cpu.matmul()  # oneDNN's where the [onednn] extra is installed
+
+    @staticmethod
+    def fused_loop(name: str) -> Callable[..., Any] | None:
+        from fastnn import kernels_cpu
+
+        return getattr(kernels_cpu, name) if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
 
 
 @dataclass(frozen=True)
@@ -441,3 +454,30 @@ def matmul(a: Any, b: Any) -> Any:
     :func:`fastnn.kernels_cpu.products`. ``Dense`` makes its three products through this."""
     fast = _backend_class(namespace(a)).fused_matmul()
     return a @ b if fast is None else fast(a, b)
+
+
+def _loop(name: str, *arrays: Any) -> Any:
+    """The compiled loop ``name``'s answer for ``arrays`` (:meth:`Backend.fused_loop`), or None."""
+    fast = _backend_class(namespace(arrays[0])).fused_loop(name)
+    return None if fast is None else fast(*arrays)
+
+
+def relu(x: Any) -> Any:
+    """``maximum(x, 0)``; for NumPy's large float arrays with the numba engine, one loop on all the
+    cores (:func:`fastnn.kernels_cpu.relu`: NumPy's runs on one), the same bits. ``ReLU`` uses it."""
+    y = _loop("relu", x)
+    return namespace(x).maximum(x, 0.0) if y is None else y
+
+
+def relu_grad(grad: Any, y: Any) -> Any:
+    """``grad * [y > 0]``, the mask as 0.0 and 1.0 (:class:`fastnn.layers.ReLU` says why not
+    ``where``); on NumPy with the numba engine one loop on all the cores, the same bits."""
+    out = _loop("relu_grad", grad, y)
+    return grad * namespace(grad).astype(y > 0, grad.dtype) if out is None else out
+
+
+def take_rows(x: Any, index: Any) -> Any:
+    """``take(x, index, axis=0)``: the training loop's batch gather; on NumPy with the numba engine
+    the rows of a 2-D ``x`` are copied on all the cores (:func:`fastnn.kernels_cpu.take_rows`)."""
+    rows = _loop("take_rows", x, index)
+    return namespace(x).take(x, index, axis=0) if rows is None else rows

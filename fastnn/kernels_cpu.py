@@ -1,5 +1,7 @@
-"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores; and which library
-multiplies NumPy's matrices (:func:`products`: NumPy's BLAS, or oneDNN with the ``[onednn]`` extra).
+"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores; a training step's
+elementwise loops on all the cores (:func:`relu`, :func:`relu_grad`, :func:`take_rows`: NumPy runs
+those on one); and which library multiplies NumPy's matrices (:func:`products`: NumPy's BLAS, or
+oneDNN with the ``[onednn]`` extra).
 
 Written with array operators, one Adam step on a (3072, 1024) weight makes seven full-size
 temporaries and runs on one core. Here the same formulas run in place, in one of two engines:
@@ -45,6 +47,7 @@ _pool_lock = threading.Lock()
 _ENGINES = ("numba", "numpy")
 _engine: str | None = None  # chosen at the first update: "numba" where it imports, else "numpy"
 _numba: Any = None  # the compiled kernels, once made
+_numba_refused: str | None = None  # why this process may not run them (a forked child of one that did)
 
 
 def engine() -> str:
@@ -65,7 +68,8 @@ def set_engine(name: str) -> str:
     if name not in _ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(_ENGINES)}")
     if name == "numba" and _load_numba() is None:
-        raise ValueError("the numba engine needs numba: pip install 'fastnn[fast]'")
+        why = _numba_refused or "needs numba: pip install 'fastnn[fast]'"
+        raise ValueError(f"the numba engine {why}")
     previous = engine()
     _engine = name
     return previous
@@ -74,7 +78,7 @@ def set_engine(name: str) -> str:
 def _load_numba() -> Any:
     """The compiled kernels (a namespace with ``adam`` and ``sgd``), or None without numba."""
     global _numba
-    if _numba is None:
+    if _numba is None and _numba_refused is None:
         try:
             from fastnn import kernels_numba
         except Exception:  # not installed, or a numba that refuses this NumPy: the NumPy engine serves
@@ -173,9 +177,20 @@ def set_threads(count: int) -> int:
 
 
 def _forget_pool() -> None:
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _numba, _numba_refused, _engine
     # a forked child has none of the parent's threads (nor a lock one of them held): it starts afresh
     _pool, _pool_lock = None, threading.Lock()
+    if _numba is not None and _numba.LAYER == "omp":  # numba kills a child whose loop starts GNU OpenMP's threads
+        _numba, _engine = None, None  # chosen afresh: NumPy's
+        _numba_refused = "is not for a process forked from one whose numba loops ran on GNU OpenMP's threads"
+
+
+def numba_threads_description() -> str:
+    """Whose threads the numba engine's loops run on, for ``fastnn info``."""
+    numba_kernels = _load_numba()
+    if numba_kernels is None:
+        return "no threads: numba is not in use"
+    return "GNU OpenMP's threads" if numba_kernels.LAYER == "omp" else "numba's workqueue threads"
 
 
 if hasattr(os, "register_at_fork"):
@@ -346,4 +361,65 @@ def flip_shift(x: np.ndarray, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray) 
         raise ValueError(f"one flip and one shift (dy, dx) per image: {x.shape[0]} each, got {flip.shape}, "
                          f"{dy.shape}, {dx.shape}")  # fmt: skip
     _load_numba().flip_shift(x, flip, dy, dx, out)
+    return out
+
+
+PARALLEL_MIN = 1 << 15
+"""Elements below which the elementwise loops below leave the work to NumPy: starting the threads
+of a loop costs some microseconds, more than a small array's work."""
+
+
+def _loop_ok(*arrays: np.ndarray) -> bool:
+    """Whether the numba engine's elementwise loops take these arrays: numba engine, one float dtype,
+    contiguous, one shape, large enough to share among the threads."""
+    first = arrays[0]
+    return (
+        engine() == "numba"
+        and first.dtype in (np.float32, np.float64)
+        and first.size >= PARALLEL_MIN
+        and all(a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous for a in arrays)
+    )
+
+
+def relu(x: np.ndarray) -> np.ndarray | None:
+    """``maximum(x, 0)`` as one loop on all threads, the same bits as NumPy's (``ReLU.forward``'s
+    formula); None where the loop does not apply (:func:`_loop_ok`) and the formula runs."""
+    if not _loop_ok(x):
+        return None
+    out = np.empty_like(x)
+    _numba_threads()
+    _numba.relu(x.reshape(-1), out.reshape(-1), x.dtype.type(0))
+    return out
+
+
+def relu_grad(grad: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """``grad * [y > 0]`` as one loop on all threads, the same bits as ``ReLU.backward``'s formula;
+    None where the loop does not apply and the formula runs."""
+    if not _loop_ok(grad, y):
+        return None
+    out = np.empty_like(grad)
+    _numba_threads()
+    dtype = grad.dtype.type
+    _numba.relu_grad(grad.reshape(-1), y.reshape(-1), out.reshape(-1), dtype(1), dtype(0))
+    return out
+
+
+def take_rows(x: np.ndarray, index: np.ndarray) -> np.ndarray | None:
+    """``take(x, index, axis=0)`` for a 2-D ``x``, its rows copied on all threads (NumPy's copies on
+    one); None where the loop does not apply (also for indices that are negative or out of range,
+    whose meaning or error NumPy gives) and NumPy's ``take`` runs."""
+    if (
+        x.ndim != 2
+        or index.ndim != 1
+        or index.dtype.kind not in "iu"
+        or not _loop_ok(x)
+        or index.size * x.shape[1] < PARALLEL_MIN
+        or index.size == 0
+        or index.min() < 0
+        or index.max() >= x.shape[0]
+    ):
+        return None
+    out = np.empty((index.size, x.shape[1]), dtype=x.dtype)
+    _numba_threads()
+    _numba.take_rows(x, index, out)
     return out

@@ -1,11 +1,15 @@
-"""Adam's and SGD's updates as compiled loops (numba), for :mod:`fastnn.kernels_cpu`.
+"""Adam's and SGD's updates, and a step's elementwise work, as compiled loops (numba), for
+:mod:`fastnn.kernels_cpu`.
 
-Each loop reads every array once and writes the updated ones once, with the element held in
-registers through the formula's steps, the elements shared among the threads (``prange``) on
-numba's ``workqueue`` pool. (Not its OpenMP pool: those threads spin after each loop, waiting for
-the next, and took the cores from the BLAS threads of the matrix products that follow, so that an
-epoch was 28% slower instead of faster. Nor plain loops split among Python threads: numba does not
-vectorize those, about 3x slower.)
+Each loop reads every array once and writes the result once, with the element held in registers
+through the formula's steps, the elements shared among the threads (``prange``). The threads are
+GNU OpenMP's (numba's ``omp`` layer), the pool that oneDNN's products use too, loaded with its idle
+threads asleep (:mod:`fastnn.openmp`; spinning, they took the cores from the BLAS threads of the
+products that follow, and an epoch was 28% slower instead of faster). Where GNU OpenMP is not on the
+system, numba's own ``workqueue`` pool: its threads sleep too, but it starts a loop in about 30 us,
+and a loop over memory, such as ReLU's, ran no faster on two threads than on one there (0.57 ms on
+1024 x 1024, against 0.26 ms on GNU OpenMP's two threads and PyTorch's 0.26 ms). Not plain loops
+split among Python threads: numba does not vectorize those, about 3x slower.
 
 The steps are those of :mod:`fastnn.optimizers` (the plain formulas, which the tests compare these
 loops against) in the same order as the NumPy engine of :mod:`fastnn.kernels_cpu`, and without
@@ -21,9 +25,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# numba's own thread pool, whose idle threads wait on a condition, not its OpenMP layer, whose
-# threads spin after each loop and took the cores from the BLAS threads of the products that follow
-numba.config.THREADING_LAYER = "workqueue"
+from fastnn import openmp
+
+# GNU OpenMP's pool, shared with oneDNN, its idle threads asleep (fastnn.openmp); else numba's own
+LAYER = "omp" if openmp.load() else "workqueue"
+numba.config.THREADING_LAYER = LAYER
 
 
 @numba.njit(parallel=True, cache=True)
@@ -84,3 +90,26 @@ def flip_shift(x, flip, dy, dx, out):
                     for c in range(32):
                         col = c + shift_col
                         out[b, target + c] = x[b, source + col] if 0 <= col < 32 else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def relu(x, out, zero):
+    """``out = max(x, 0)`` over flat arrays, with NumPy's bits: +0.0 for -0.0, NaN kept."""
+    for i in numba.prange(x.size):
+        xi = x[i]
+        out[i] = xi if xi > zero or np.isnan(xi) else zero
+
+
+@numba.njit(parallel=True, cache=True)
+def relu_grad(grad, y, out, one, zero):
+    """``out = grad * [y > 0]`` over flat arrays: the mask as 1.0 or 0.0, multiplied in as the formula does."""
+    for i in numba.prange(grad.size):
+        out[i] = grad[i] * (one if y[i] > zero else zero)
+
+
+@numba.njit(parallel=True, cache=True)
+def take_rows(x, index, out):
+    """``out[r] = x[index[r]]`` for the rows of 2-D arrays, the rows shared among the threads; the
+    indices must be in range (unchecked here)."""
+    for r in numba.prange(index.size):
+        out[r, :] = x[index[r], :]

@@ -18,11 +18,9 @@ from OpenBLAS's, and on one machine, thread count and library version they are t
 A process made by ``fork`` after oneDNN loaded multiplies with NumPy's BLAS (GNU OpenMP's threads
 do not survive a fork; its child would wait for them for ever).
 
-GNU OpenMP's idle threads spin for a while after each parallel region before they sleep, as
-OpenBLAS's do (``fastnn/__init__.py``); on a small machine that spinning takes the cores from the
-optimizer's update that follows the last product. So, unless the user has set ``OMP_WAIT_POLICY``
-or ``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY=PASSIVE`` is set while the library loads (GNU OpenMP reads
-it then), and removed again so that other OpenMP libraries loaded later see the user's environment.
+Its threads are GNU OpenMP's, a pool shared with numba's loops; :func:`fastnn.openmp.load` loads
+that library first, with its idle threads told to sleep at once (their spinning took the cores from
+the optimizer's update that follows the last product).
 """
 
 from __future__ import annotations
@@ -36,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from fastnn import openmp
+
 INSTALL_HINT = "pip install 'fastnn[onednn]'"
 LIBRARY = "libdnnl.so.3"
 
 _lib: Any = None
 _why_not: str | None = None  # why the library did not load, once tried
-wait_policy: str = "not loaded"  # how GNU OpenMP's idle threads wait, for ``fastnn info``
 
 _dim = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -58,53 +57,29 @@ def _candidates() -> list[str]:
     return [str(folder / LIBRARY) for folder in folders if (folder / LIBRARY).is_file()] + [LIBRARY]
 
 
-def _gomp_loaded() -> bool:
-    """Whether GNU OpenMP is already loaded in this process (then its wait policy is already set)."""
-    try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
 def load() -> Any:
     """The oneDNN library, loaded once, or None where it is not installed (:func:`why_not` says why)."""
-    global _lib, _why_not, wait_policy
+    global _lib, _why_not
     if _lib is not None or _why_not is not None:
         return _lib
     if not sys.platform.startswith("linux"):
         _why_not = f"the [onednn] extra's library is built for Linux only, not {sys.platform}"
         return None
-    user_set = [name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ]
-    preloaded = _gomp_loaded()
-    ours = not user_set and not preloaded
-    if ours:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    openmp.load()  # first, so that its idle threads sleep (fastnn.openmp)
     errors = []
-    try:
-        for candidate in _candidates():
-            try:
-                lib = ctypes.CDLL(candidate)
-                break
-            except OSError as exc:
-                errors.append(str(exc))
-        else:
-            _why_not = f"oneDNN not found ({errors[-1]}); {INSTALL_HINT}"
-            return None
-    finally:
-        if ours:
-            del os.environ["OMP_WAIT_POLICY"]
+    for candidate in _candidates():
+        try:
+            lib = ctypes.CDLL(candidate)
+            break
+        except OSError as exc:
+            errors.append(str(exc))
+    else:
+        _why_not = f"oneDNN not found ({errors[-1]}); {INSTALL_HINT}"
+        return None
     lib.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char, _dim, _dim, _dim, ctypes.c_float, _ptr, _dim,
                                _ptr, _dim, ctypes.c_float, _ptr, _dim]
     lib.dnnl_sgemm.restype = ctypes.c_int
     lib.dnnl_version.restype = ctypes.POINTER(_Version)
-    if ours:
-        wait_policy = "sleep at once (OMP_WAIT_POLICY=PASSIVE, set by fastnn while oneDNN loaded)"
-    elif user_set:
-        wait_policy = ", ".join(f"{name}={os.environ[name]}" for name in user_set) + ", from the environment"
-    else:
-        wait_policy = ("GNU OpenMP was loaded before oneDNN, so its idle threads wait as it was told then; "
-                       "export OMP_WAIT_POLICY=PASSIVE to free the cores at once")
     _lib = lib
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_forked)

@@ -21,7 +21,7 @@ from typing import Any
 from array_api_compat import device
 
 from fastnn.augment import Mixup, augment_images, check_augmentable, flip_averaged_probabilities
-from fastnn.backend import namespace
+from fastnn.backend import namespace, take_rows
 from fastnn.config import ADDED_LATER, NORMS, TrainConfig
 from fastnn.losses import SoftmaxCrossEntropy
 from fastnn.network import Network, count_correct
@@ -90,7 +90,7 @@ def _train_epoch(network, optimizer, x, y, batch_size, lr, rng, augment, shift, 
     correct = xp.zeros((), dtype=xp.int64, device=device(x))
     for first in range(0, n, batch_size * gather):
         index = order[first : min(first + batch_size * gather, n)]  # slices ending past the array are not portable
-        x_chunk, y_chunk = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
+        x_chunk, y_chunk = take_rows(x, index), xp.take(y, index, axis=0)
         if augment:
             x_chunk = augment_images(x_chunk, rng, shift)
         for start in range(0, x_chunk.shape[0], batch_size):

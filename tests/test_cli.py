@@ -22,10 +22,14 @@ def test_info_lists_backends():
         assert name in result.output
 
 
-def test_info_names_the_optimizer_engine():
-    from fastnn import kernels_cpu
+def test_info_names_the_optimizer_engine_and_how_gnu_openmps_threads_wait():
+    from fastnn import kernels_cpu, openmp
 
-    assert f"optimizer updates on the CPU: {kernels_cpu.engine()}" in " ".join(run("info").output.split())
+    said = " ".join(run("info").output.split())
+    assert f"optimizer updates and elementwise loops on the CPU: {kernels_cpu.engine()}" in said
+    if kernels_cpu.engine() == "numba":
+        assert f"on {kernels_cpu.numba_threads_description()})" in said
+    assert (f"GNU OpenMP's idle threads: {openmp.wait_policy}" in said) == openmp.loaded_already()
 
 
 def test_info_names_the_library_of_the_products():

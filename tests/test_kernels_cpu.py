@@ -81,3 +81,119 @@ def test_without_numba_the_numpy_engine_serves(monkeypatch):
 def test_an_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="unknown engine 'fortran'; choose one of numba, numpy"):
         kernels_cpu.set_engine("fortran")
+
+
+# -- the elementwise loops: ReLU forward and backward, the batch gather (numba engine) ----------------
+
+
+def _odd_values(shape, dtype, seed=0):
+    """Random values with the awkward ones among them: -0.0, +0.0, NaN, infinities, tiny and huge."""
+    x = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:8] = [-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, np.finfo(dtype).tiny, -np.finfo(dtype).max]
+    return x
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_loops_give_the_formulas_bits(dtype):
+    """The loops are the formulas of ReLU (fastnn.backend.relu, relu_grad) to the bit, -0.0 and NaN included."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    previous = kernels_cpu.set_engine("numba")
+    try:
+        x = _odd_values((300, 200), dtype)  # above PARALLEL_MIN: the loops run
+        grad = _odd_values((300, 200), dtype, seed=1)
+        y = kernels_cpu.relu(x)
+        assert y is not None and y.dtype == dtype
+        np.testing.assert_array_equal(_bits(y), _bits(np.maximum(x, 0.0)))
+        dx = kernels_cpu.relu_grad(grad, y)
+        assert dx is not None
+        with np.errstate(invalid="ignore"):  # inf * 0.0: NaN, the formula's answer too
+            np.testing.assert_array_equal(_bits(dx), _bits(grad * (y > 0).astype(dtype)))
+    finally:
+        kernels_cpu.set_engine(previous)
+
+
+def test_the_loops_leave_what_they_do_not_take_to_numpy():
+    """Small, strided, integer or mixed arrays, and the NumPy engine: None, and the formula runs."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    big = np.ones((300, 200), np.float32)
+    previous = kernels_cpu.set_engine("numba")
+    try:
+        assert kernels_cpu.relu(np.ones((10, 10), np.float32)) is None  # below PARALLEL_MIN
+        assert kernels_cpu.relu(np.ones((600, 200), np.float32)[::2]) is None  # strided
+        assert kernels_cpu.relu(np.ones((300, 200), np.int64)) is None
+        assert kernels_cpu.relu_grad(big, big.astype(np.float64)) is None
+        assert kernels_cpu.relu_grad(big, big[:, :100].copy()) is None
+        assert kernels_cpu.take_rows(big, np.array([0, 1])) is None  # too few rows to share
+        kernels_cpu.set_engine("numpy")
+        assert kernels_cpu.relu(big) is None and kernels_cpu.take_rows(big, np.arange(300)) is None
+    finally:
+        kernels_cpu.set_engine(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_take_rows_copies_numpys_rows(dtype):
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    from fastnn.backend import take_rows
+
+    x = _odd_values((1000, 300), dtype)
+    index = np.random.default_rng(2).permutation(1000)[:400]
+    previous = kernels_cpu.set_engine("numba")
+    try:
+        rows = kernels_cpu.take_rows(x, index)
+        assert rows is not None and rows.flags.c_contiguous
+        np.testing.assert_array_equal(_bits(rows), _bits(np.take(x, index, axis=0)))
+        np.testing.assert_array_equal(_bits(kernels_cpu.take_rows(x, index.astype(np.int32))), _bits(rows))
+        # negative indices mean what they mean to NumPy, and one past the end is NumPy's error, not a stray read
+        negative = index - 1000
+        assert kernels_cpu.take_rows(x, negative) is None
+        np.testing.assert_array_equal(_bits(take_rows(x, negative)), _bits(rows))
+        with pytest.raises(IndexError):
+            take_rows(x, np.append(index, 1000))
+    finally:
+        kernels_cpu.set_engine(previous)
+
+
+_FORKED_LOOPS = """
+import os, numpy as np
+from fastnn import kernels_cpu
+from fastnn.backend import relu
+import numba
+x = np.full((300, 200), -1.0, np.float32)
+assert kernels_cpu.engine() == "numba"
+relu(x)  # numba's loop starts its threads
+print("layer", numba.threading_layer(), flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", kernels_cpu.engine(), float(relu(x).sum()), flush=True)
+    try:
+        kernels_cpu.set_engine("numba")
+    except ValueError as exc:
+        print("refused:", exc, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("parent", kernels_cpu.engine(), float(relu(x).sum()), os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_runs_the_numpy_engine_instead_of_being_killed():
+    """numba kills a forked child whose loop starts GNU OpenMP's threads ("fork() called from a process
+    already using GNU OpenMP"); the child runs the formulas on NumPy instead."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FORKED_LOOPS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    if lines[0] != "layer omp":
+        pytest.skip(f"numba runs on another threading layer here ({lines[0]}): nothing to refuse")
+    assert lines[1:] == [
+        "child numpy 0.0",
+        "refused: the numba engine is not for a process forked from one whose numba loops ran on GNU OpenMP's "
+        "threads",
+        "parent numba 0.0 0",
+    ]

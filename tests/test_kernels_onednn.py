@@ -91,13 +91,13 @@ def test_the_same_bits_every_time_in_this_process(onednn):
 
 _DIGEST = """
 import hashlib, os, numpy as np
-from fastnn import kernels_onednn
+from fastnn import kernels_onednn, openmp
 kernels_onednn.load()
 rng = np.random.default_rng(4)
 x = rng.standard_normal((256, 3072), dtype=np.float32)
 w = rng.standard_normal((3072, 1024), dtype=np.float32)
 print(hashlib.sha256(kernels_onednn.matmul(x, w).tobytes() + kernels_onednn.matmul(x.T, x @ w).tobytes()).hexdigest())
-print(kernels_onednn.wait_policy)
+print(openmp.wait_policy)
 print(os.environ.get("OMP_WAIT_POLICY"))
 """
 
@@ -221,11 +221,11 @@ def test_fastnn_products_onednn_where_it_is_missing_says_what_to_install(monkeyp
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch, whose wheel loads GNU OpenMP")
 def test_where_gnu_openmp_came_first_info_says_what_to_export():
-    code = "import torch; from fastnn import kernels_onednn; kernels_onednn.load(); print(kernels_onednn.wait_policy)"
+    code = "import torch; from fastnn import kernels_onednn, openmp; kernels_onednn.load(); print(openmp.wait_policy)"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "GNU OpenMP was loaded before oneDNN, so its idle threads wait as it was told then; "
+        "GNU OpenMP was loaded before fastnn loaded it, so its idle threads wait as they were told then; "
         "export OMP_WAIT_POLICY=PASSIVE to free the cores at once"
     )
