@@ -1,4 +1,4 @@
-"""NumPy's float32 matrix products through oneDNN's ``dnnl_sgemm`` (the ``[onednn]`` extra).
+"""NumPy's float32 matrix products through oneDNN (the ``[onednn]`` extra).
 
 Why: most of a training step is three matrix products per ``Dense`` layer. On an Intel Xeon with
 AVX-512, oneDNN, Intel's library of deep-learning kernels, does the default network's largest
@@ -11,7 +11,9 @@ NumPy's ``@``.
 
 :func:`matmul` is ``a @ b`` for two 2-D float32 arrays stored row by row (C order, or a transposed
 view of C order, which oneDNN reads as "transposed"); anything else (float64, other strides, empty
-shapes) is NumPy's ``a @ b``. The same products in another summation order: the last bits differ
+shapes) is NumPy's ``a @ b``. Products with small outputs run as oneDNN's matmul primitive, made
+once per shape and layout and kept; larger ones through ``dnnl_sgemm`` (:data:`PRIMITIVE_MAX_OUTPUTS`).
+The same products in another summation order: the last bits differ
 from OpenBLAS's, and on one machine, thread count and library version they are the same every run
 (``tests/test_kernels_onednn.py``), which ``--resume``'s bit-identical continuation needs.
 
@@ -29,6 +31,7 @@ import ctypes
 import os
 import site
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,92 @@ def _operand(a: np.ndarray) -> tuple[bytes, np.ndarray, int] | None:
     return None
 
 
+PRIMITIVE_MAX_OUTPUTS = 1 << 19
+"""Products of at most this many outputs (m x n) run as oneDNN's matmul primitive, larger ones
+through ``dnnl_sgemm``. The primitive (oneDNN's "brgemm" kernels) shares a small output among the
+threads better; on large ones the older sgemm is faster. Timed interleaved on the default network's
+eight products at batch 256 and 1024 on an AVX-512 Xeon (``bench/results/README.md``): the
+primitive took 10% less time for (256 x 3072) @ (3072 x 1024) and 27% less for the (1024 x 1024).T
+@ (1024 x 512) weight gradient, and 7-10% more for the products of 1024 x 1024 outputs and more."""
+
+_ARG_SRC, _ARG_WEIGHTS, _ARG_DST = 1, 33, 17  # DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST (dnnl_types.h)
+_F32, _CPU, _IN_ORDER = 3, 1, 1  # dnnl_f32, dnnl_cpu, dnnl_stream_in_order
+
+
+class _Arg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", _ptr)]
+
+
+class _Primitive:
+    """oneDNN's matmul primitive for one shape and layout of ``a @ b`` (made once, then run on any
+    arrays of that shape and layout): its memory objects point at the arrays of each call."""
+
+    _engine: Any = None
+    _stream: Any = None
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        lib, cls = _lib, type(self)
+        if cls._engine is None:
+            engine, stream = _ptr(), _ptr()
+            _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0))
+            _check(lib.dnnl_stream_create(ctypes.byref(stream), engine, _IN_ORDER))
+            cls._engine, cls._stream = engine, stream
+        shapes = [a.shape, b.shape, (a.shape[0], b.shape[1])]
+        strides = [[s // 4 for s in a.strides], [s // 4 for s in b.strides], [b.shape[1], 1]]
+        descs = []
+        for shape, stride in zip(shapes, strides):
+            desc = _ptr()
+            _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(desc), 2, _Dims(*shape), _F32, _Dims(*stride)))
+            descs.append(desc)
+        pd = _ptr()
+        _check(lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), cls._engine, descs[0], descs[1], None,
+                                                     descs[2], None))  # fmt: skip
+        self.primitive = _ptr()
+        _check(lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd))
+        self.memories = []
+        for desc in descs:
+            memory = _ptr()
+            _check(lib.dnnl_memory_create(ctypes.byref(memory), desc, cls._engine, None))
+            self.memories.append(memory)
+            lib.dnnl_memory_desc_destroy(desc)
+        lib.dnnl_primitive_desc_destroy(pd)
+        self.args = (_Arg * 3)(*(_Arg(k, m) for k, m in zip((_ARG_SRC, _ARG_WEIGHTS, _ARG_DST), self.memories)))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> int:
+        lib = _lib
+        with _primitive_lock:  # the memory objects are this primitive's, one call at a time
+            for memory, array in zip(self.memories, (a, b, out)):
+                lib.dnnl_memory_set_data_handle(memory, _ptr(array.ctypes.data))
+            status = lib.dnnl_primitive_execute(self.primitive, self._stream, 3, self.args)
+            return status or lib.dnnl_stream_wait(self._stream)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise _Refused(status)
+
+
+_Dims = ctypes.c_int64 * 12  # dnnl_dims_t
+_primitives: dict[tuple, _Primitive | None] = {}  # by shapes and strides; None: oneDNN refused, sgemm serves
+_primitive_lock = threading.Lock()
+
+
+def _primitive(a: np.ndarray, b: np.ndarray) -> _Primitive | None:
+    key = (a.shape, a.strides, b.shape, b.strides)
+    if key not in _primitives:
+        if len(_primitives) >= 64:  # many shapes (a user's own calls): start afresh rather than grow for ever
+            _primitives.clear()
+        try:
+            _primitives[key] = _Primitive(a, b)
+        except _Refused:
+            _primitives[key] = None
+    return _primitives[key]
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` as a new C-order array; by oneDNN for 2-D float32 operands it can read, else by NumPy."""
     if (
@@ -140,11 +229,15 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     left, right = _operand(a), _operand(b)
     if left is None or right is None:
         return a @ b
-    (ta, A, lda), (tb, B, ldb) = left, right
     m, k = a.shape
     n = b.shape[1]
     out = np.empty((m, n), dtype=np.float32)
-    status = _lib.dnnl_sgemm(ta, tb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, out.ctypes.data, n)
+    primitive = _primitive(a, b) if m * n <= PRIMITIVE_MAX_OUTPUTS else None
+    if primitive is not None:
+        status = primitive(a, b, out)
+    else:
+        (ta, A, lda), (tb, B, ldb) = left, right
+        status = _lib.dnnl_sgemm(ta, tb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, out.ctypes.data, n)
     if status != 0:  # oneDNN refused (it should not for what was checked above): NumPy's answer is the same product
         return a @ b
     return out

@@ -29,10 +29,13 @@ def _pair(rng, m, k, n, a_transposed, b_transposed):
     return (a.T if a_transposed else a), (b.T if b_transposed else b)
 
 
+@pytest.mark.parametrize("path", ["primitive", "sgemm"])
 @pytest.mark.parametrize("a_transposed", [False, True])
 @pytest.mark.parametrize("b_transposed", [False, True])
 @pytest.mark.parametrize("m,k,n", [(256, 3072, 1024), (7, 13, 5), (1, 9, 1), (33, 1, 17)])
-def test_products_match_float64_as_closely_as_numpy(onednn, m, k, n, a_transposed, b_transposed):
+def test_products_match_float64_as_closely_as_numpy(onednn, monkeypatch, m, k, n, a_transposed, b_transposed, path):
+    """Both of oneDNN's ways, the matmul primitive (small outputs) and sgemm (large ones)."""
+    monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
     rng = np.random.default_rng(m + k + n)
     a, b = _pair(rng, m, k, n, a_transposed, b_transposed)
     out = kernels_onednn.matmul(a, b)
@@ -43,7 +46,9 @@ def test_products_match_float64_as_closely_as_numpy(onednn, m, k, n, a_transpose
     assert np.abs(out - reference).max() <= 4 * numpy_error + 1e-6 * np.sqrt(k)
 
 
-def test_row_strided_views_are_read_with_their_row_stride(onednn):
+@pytest.mark.parametrize("path", ["primitive", "sgemm"])
+def test_row_strided_views_are_read_with_their_row_stride(onednn, monkeypatch, path):
+    monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
     rng = np.random.default_rng(1)
     big = rng.standard_normal((40, 70), dtype=np.float32)
     a, b = big[:, :30], big[3:33, 35:60]  # rows not contiguous with each other, each row contiguous
@@ -71,6 +76,29 @@ def test_what_onednn_cannot_read_is_numpys_product_bit_for_bit(onednn, make):
     expected = a @ b
     assert out.shape == expected.shape and out.dtype == expected.dtype
     assert np.array_equal(out, expected)
+
+
+def test_one_primitive_per_shape_and_layout_made_once(onednn, monkeypatch):
+    """The small product of the default network at batch 256 takes the primitive; it is made at the
+    first call of its shape and layout and reused; large products take sgemm and make none."""
+    monkeypatch.setattr(kernels_onednn, "_primitives", {})
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((256, 1024), dtype=np.float32), rng.standard_normal((1024, 512), dtype=np.float32)
+    assert 256 * 512 <= kernels_onednn.PRIMITIVE_MAX_OUTPUTS
+    first = kernels_onednn.matmul(x, w)
+    made = dict(kernels_onednn._primitives)
+    assert len(made) == 1 and None not in made.values()
+    again = kernels_onednn.matmul(x.copy(), w.copy())  # other arrays of the same shape and layout
+    assert kernels_onednn._primitives == made and np.array_equal(first, again)
+    kernels_onednn.matmul(x.T.copy().T, w)  # the same shape, read transposed: a primitive of its own
+    assert len(kernels_onednn._primitives) == 2
+    big = rng.standard_normal((1024, 1024), dtype=np.float32)
+    assert 1024 * 1024 > kernels_onednn.PRIMITIVE_MAX_OUTPUTS
+    kernels_onednn.matmul(big, big)
+    assert len(kernels_onednn._primitives) == 2
+    for rows in range(1, 70):  # a user's many shapes: the cache starts afresh rather than grow for ever
+        kernels_onednn.matmul(x[:rows], w)
+    assert len(kernels_onednn._primitives) <= 64
 
 
 def test_mismatched_shapes_raise_numpys_error(onednn):
