@@ -7,8 +7,9 @@ and the median over the steps is reported in milliseconds per step, with its sha
 - fastnn: the batch gather (``take``), the augmentation (flips and shifts, ``augment_images``; the
   benchmark proper does not augment), each layer's forward and backward pass as the library runs
   them, the loss, the optimizer step, and the number correct. Each Dense layer's matrix products
-  are also timed alone, on the same arrays and in the same form as ``Dense`` computes them, so that
-  "Dense, minus its products" is its elementwise work (bias add, bias gradient).
+  are also timed alone, on the same arrays and in the same form as ``Dense`` computes them (the
+  bias added in the forward one), so that "Dense, minus its products" is its other work (the bias
+  gradient, and the bias where the product does not add it).
 - PyTorch: the gather (``index_select``), each ``Linear`` and ReLU forward, the loss, the whole
   autograd backward, ``optimizer.step()``; then ``torch.profiler`` over the same steps splits the
   backward into its operators (self CPU time per step).
@@ -62,7 +63,8 @@ class Clock:
 def dense_products(layer: Dense, x: np.ndarray, grad_out: np.ndarray) -> dict[str, Callable[[], object]]:
     """The products of ``Dense`` on its own arrays, in the form ``Dense`` runs them."""
     weight = layer.params["W"]
-    products = {"x @ W": lambda: matmul(x, weight), "dW = x.T @ dy": lambda: matmul(x.T, grad_out)}
+    bias = layer.params["b"]
+    products = {"x @ W + b": lambda: matmul(x, weight, bias), "dW = x.T @ dy": lambda: matmul(x.T, grad_out)}
     if layer.input_grad:
         products["dx = dy @ W.T"] = lambda: matmul(grad_out, weight.T)
     return products

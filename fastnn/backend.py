@@ -39,7 +39,7 @@ GPU_INSTALL_HINT = (
 AdamStep = Callable[[Any, Any, Any, Any, float, float, float, float], None]
 SGDStep = Callable[[Any, Any, Any, float, float, bool], None]
 FlipShift = Callable[[Any, Any, Any, Any], Any]
-MatMul = Callable[[Any, Any], Any]
+MatMul = Callable[[Any, Any, Any], Any]
 
 
 class BackendUnavailable(RuntimeError):
@@ -448,12 +448,18 @@ def fused_flip_shift(xp: Any) -> FlipShift | None:
     return _backend_class(xp).fused_flip_shift()
 
 
-def matmul(a: Any, b: Any) -> Any:
-    """``a @ b``; for NumPy's float32 matrices with the ``[onednn]`` extra, by oneDNN's sgemm
-    (:mod:`fastnn.kernels_onednn`: the same product, faster than OpenBLAS on AVX-512 CPUs), chosen by
+def matmul(a: Any, b: Any, bias: Any = None) -> Any:
+    """``a @ b``, plus ``bias`` added to each row where given; for NumPy's float32 matrices with the
+    ``[onednn]`` extra, by oneDNN (:mod:`fastnn.kernels_onednn`: the same product, faster than
+    OpenBLAS on AVX-512 CPUs, the bias added inside the product where it can), chosen by
     :func:`fastnn.kernels_cpu.products`. ``Dense`` makes its three products through this."""
     fast = _backend_class(namespace(a)).fused_matmul()
-    return a @ b if fast is None else fast(a, b)
+    if fast is not None:
+        return fast(a, b, bias)
+    out = a @ b
+    if bias is not None:
+        out += bias  # in place: one (batch, n_out) array fewer
+    return out
 
 
 def _loop(name: str, *arrays: Any) -> Any:

@@ -145,8 +145,8 @@ def set_products(name: str) -> str:
     return previous
 
 
-def matmul() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """oneDNN's ``a @ b`` (:func:`fastnn.kernels_onednn.matmul`) where :func:`products` is "onednn", else None."""
+def matmul() -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray] | None:
+    """oneDNN's ``a @ b (+ bias)`` (:func:`fastnn.kernels_onednn.matmul`) where :func:`products` is "onednn"."""
     if products() == "onednn":
         from fastnn import kernels_onednn
 

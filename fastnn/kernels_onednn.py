@@ -135,7 +135,7 @@ eight products at batch 256 and 1024 on an AVX-512 Xeon (``bench/results/README.
 primitive took 10% less time for (256 x 3072) @ (3072 x 1024) and 27% less for the (1024 x 1024).T
 @ (1024 x 512) weight gradient, and 7-10% more for the products of 1024 x 1024 outputs and more."""
 
-_ARG_SRC, _ARG_WEIGHTS, _ARG_DST = 1, 33, 17  # DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST (dnnl_types.h)
+_ARG_SRC, _ARG_WEIGHTS, _ARG_DST, _ARG_BIAS = 1, 33, 17, 41  # DNNL_ARG_SRC, _WEIGHTS, _DST, _BIAS (dnnl_types.h)
 _F32, _CPU, _IN_ORDER = 3, 1, 1  # dnnl_f32, dnnl_cpu, dnnl_stream_in_order
 
 
@@ -144,28 +144,31 @@ class _Arg(ctypes.Structure):
 
 
 class _Primitive:
-    """oneDNN's matmul primitive for one shape and layout of ``a @ b`` (made once, then run on any
-    arrays of that shape and layout): its memory objects point at the arrays of each call."""
+    """oneDNN's matmul primitive for one shape and layout of ``a @ b``, with or without a bias row
+    added in its last step (made once, then run on any arrays of that shape and layout): its memory
+    objects point at the arrays of each call."""
 
     _engine: Any = None
     _stream: Any = None
 
-    def __init__(self, a: np.ndarray, b: np.ndarray):
+    def __init__(self, a: np.ndarray, b: np.ndarray, with_bias: bool):
         lib, cls = _lib, type(self)
         if cls._engine is None:
             engine, stream = _ptr(), _ptr()
             _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0))
             _check(lib.dnnl_stream_create(ctypes.byref(stream), engine, _IN_ORDER))
             cls._engine, cls._stream = engine, stream
-        shapes = [a.shape, b.shape, (a.shape[0], b.shape[1])]
-        strides = [[s // 4 for s in a.strides], [s // 4 for s in b.strides], [b.shape[1], 1]]
+        n = b.shape[1]
+        shapes = [a.shape, b.shape, (a.shape[0], n)] + ([(1, n)] if with_bias else [])
+        strides = [[s // 4 for s in a.strides], [s // 4 for s in b.strides], [n, 1], [n, 1]]
         descs = []
         for shape, stride in zip(shapes, strides):
             desc = _ptr()
             _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(desc), 2, _Dims(*shape), _F32, _Dims(*stride)))
             descs.append(desc)
         pd = _ptr()
-        _check(lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), cls._engine, descs[0], descs[1], None,
+        bias_desc = descs[3] if with_bias else None
+        _check(lib.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), cls._engine, descs[0], descs[1], bias_desc,
                                                      descs[2], None))  # fmt: skip
         self.primitive = _ptr()
         _check(lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd))
@@ -176,14 +179,15 @@ class _Primitive:
             self.memories.append(memory)
             lib.dnnl_memory_desc_destroy(desc)
         lib.dnnl_primitive_desc_destroy(pd)
-        self.args = (_Arg * 3)(*(_Arg(k, m) for k, m in zip((_ARG_SRC, _ARG_WEIGHTS, _ARG_DST), self.memories)))
+        kinds = (_ARG_SRC, _ARG_WEIGHTS, _ARG_DST, _ARG_BIAS)
+        self.args = (_Arg * len(descs))(*(_Arg(k, m) for k, m in zip(kinds, self.memories)))
 
-    def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> int:
+    def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -> int:
         lib = _lib
         with _primitive_lock:  # the memory objects are this primitive's, one call at a time
-            for memory, array in zip(self.memories, (a, b, out)):
+            for memory, array in zip(self.memories, (a, b, out, bias)):
                 lib.dnnl_memory_set_data_handle(memory, _ptr(array.ctypes.data))
-            status = lib.dnnl_primitive_execute(self.primitive, self._stream, 3, self.args)
+            status = lib.dnnl_primitive_execute(self.primitive, self._stream, len(self.args), self.args)
             return status or lib.dnnl_stream_wait(self._stream)
 
 
@@ -201,20 +205,32 @@ _primitives: dict[tuple, _Primitive | None] = {}  # by shapes and strides; None:
 _primitive_lock = threading.Lock()
 
 
-def _primitive(a: np.ndarray, b: np.ndarray) -> _Primitive | None:
-    key = (a.shape, a.strides, b.shape, b.strides)
+def _primitive(a: np.ndarray, b: np.ndarray, with_bias: bool) -> _Primitive | None:
+    key = (a.shape, a.strides, b.shape, b.strides, with_bias)
     if key not in _primitives:
         if len(_primitives) >= 64:  # many shapes (a user's own calls): start afresh rather than grow for ever
             _primitives.clear()
         try:
-            _primitives[key] = _Primitive(a, b)
+            _primitives[key] = _Primitive(a, b, with_bias)
         except _Refused:
             _primitives[key] = None
     return _primitives[key]
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` as a new C-order array; by oneDNN for 2-D float32 operands it can read, else by NumPy."""
+def matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b``, plus the row ``bias`` where given (``a @ b + bias``, the bias added to each row of
+    the product), as a new C-order array; by oneDNN for 2-D float32 operands it can read, else by
+    NumPy (``a @ b``, then ``+= bias`` in place)."""
+    out = _product(a, b, bias)
+    if out is None:
+        out = a @ b
+        if bias is not None:
+            out += bias
+    return out
+
+
+def _product(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+    """oneDNN's ``a @ b (+ bias)``, or None where it cannot read the operands."""
     if (
         _lib is None
         or a.dtype != np.float32
@@ -225,19 +241,25 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         or 0 in a.shape
         or b.shape[1] == 0
     ):
-        return a @ b
+        return None
     left, right = _operand(a), _operand(b)
     if left is None or right is None:
-        return a @ b
+        return None
     m, k = a.shape
     n = b.shape[1]
+    # the primitive adds a bias that is one contiguous float32 row of n; any other is added after
+    fused_bias = bias is not None and bias.dtype == np.float32 and bias.shape == (n,) and bias.flags.c_contiguous
     out = np.empty((m, n), dtype=np.float32)
-    primitive = _primitive(a, b) if m * n <= PRIMITIVE_MAX_OUTPUTS else None
+    primitive = _primitive(a, b, fused_bias) if m * n <= PRIMITIVE_MAX_OUTPUTS else None
     if primitive is not None:
-        status = primitive(a, b, out)
+        status = primitive(a, b, out, bias if fused_bias else None)
+        added = fused_bias
     else:
         (ta, A, lda), (tb, B, ldb) = left, right
         status = _lib.dnnl_sgemm(ta, tb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, out.ctypes.data, n)
+        added = False
     if status != 0:  # oneDNN refused (it should not for what was checked above): NumPy's answer is the same product
-        return a @ b
+        return None
+    if bias is not None and not added:
+        out += bias
     return out

@@ -85,7 +85,7 @@ def test_profile_times_every_phase_of_both_frameworks(tmp_path, capsys):
     assert main(["--steps", "1", "--batch-sizes", "8", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert out.read_text() == printed
-    for phase in ("gather (take)", "optimizer (Adam)", "product 0: x @ W", "bwd 2 Dense(1024, 512", "loss forward"):
+    for phase in ("gather (take)", "optimizer (Adam)", "product 0: x @ W + b", "bwd 2 Dense(1024, 512", "loss forward"):
         assert phase in printed
     assert ("PyTorch, Adam(fused=True), batch 8" in printed) == (torch is not None)
     assert kernels_cpu.threads() == threads  # the run's thread limit undone

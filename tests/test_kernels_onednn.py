@@ -101,6 +101,26 @@ def test_one_primitive_per_shape_and_layout_made_once(onednn, monkeypatch):
     assert len(kernels_onednn._primitives) <= 64
 
 
+@pytest.mark.parametrize("path", ["primitive", "sgemm"])
+@pytest.mark.parametrize("bias_kind", ["row", "strided", "float64"])
+def test_a_bias_added_inside_the_product_gives_the_bits_of_adding_it_after(onednn, monkeypatch, path, bias_kind):
+    """Dense's ``x @ W + b``: the primitive adds a contiguous float32 row in its last step, with the
+    bits of the product followed by ``+= b``; any other bias is added after the product."""
+    monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((64, 300), dtype=np.float32), rng.standard_normal((300, 40), dtype=np.float32)
+    bias = {
+        "row": rng.standard_normal(40, dtype=np.float32),
+        "strided": rng.standard_normal(80, dtype=np.float32)[::2],
+        "float64": rng.standard_normal(40),
+    }[bias_kind]
+    expected = kernels_onednn.matmul(x, w)
+    expected += bias
+    out = kernels_onednn.matmul(x, w, bias)
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w + bias, rtol=1e-4, atol=1e-4)
+
+
 def test_mismatched_shapes_raise_numpys_error(onednn):
     with pytest.raises(ValueError, match="matmul"):
         kernels_onednn.matmul(np.ones((3, 4), np.float32), np.ones((5, 2), np.float32))
