@@ -34,8 +34,10 @@ def _pair(rng, m, k, n, a_transposed, b_transposed):
 @pytest.mark.parametrize("b_transposed", [False, True])
 @pytest.mark.parametrize("m,k,n", [(256, 3072, 1024), (7, 13, 5), (1, 9, 1), (33, 1, 17)])
 def test_products_match_float64_as_closely_as_numpy(onednn, monkeypatch, m, k, n, a_transposed, b_transposed, path):
-    """Both of oneDNN's ways, the matmul primitive (small outputs) and sgemm (large ones)."""
+    """Both of oneDNN's ways, the matmul primitive (small outputs) and sgemm (large ones), on small
+    sides too (which NumPy's BLAS takes unless told otherwise)."""
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
+    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(m + k + n)
     a, b = _pair(rng, m, k, n, a_transposed, b_transposed)
     out = kernels_onednn.matmul(a, b)
@@ -49,6 +51,7 @@ def test_products_match_float64_as_closely_as_numpy(onednn, monkeypatch, m, k, n
 @pytest.mark.parametrize("path", ["primitive", "sgemm"])
 def test_row_strided_views_are_read_with_their_row_stride(onednn, monkeypatch, path):
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
+    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(1)
     big = rng.standard_normal((40, 70), dtype=np.float32)
     a, b = big[:, :30], big[3:33, 35:60]  # rows not contiguous with each other, each row contiguous
@@ -76,6 +79,17 @@ def test_what_onednn_cannot_read_is_numpys_product_bit_for_bit(onednn, make):
     expected = a @ b
     assert out.shape == expected.shape and out.dtype == expected.dtype
     assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("m,k,n", [(1024, 512, 10), (512, 1024, 10), (1024, 10, 512), (15, 300, 300)])
+def test_a_product_with_a_short_side_is_numpys_bit_for_bit(onednn, monkeypatch, m, k, n):
+    """The last layer's products (10 classes): NumPy's BLAS, faster there than waking oneDNN's threads."""
+    monkeypatch.setattr(kernels_onednn, "_primitives", {})
+    rng = np.random.default_rng(7)
+    a, b, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((m, k), (k, n), (n,)))
+    assert np.array_equal(kernels_onednn.matmul(a, b), a @ b)
+    assert np.array_equal(kernels_onednn.matmul(a, b, bias), a @ b + bias)
+    assert kernels_onednn._primitives == {}
 
 
 def test_one_primitive_per_shape_and_layout_made_once(onednn, monkeypatch):
@@ -107,6 +121,7 @@ def test_a_bias_added_inside_the_product_gives_the_bits_of_adding_it_after(onedn
     """Dense's ``x @ W + b``: the primitive adds a contiguous float32 row in its last step, with the
     bits of the product followed by ``+= b``; any other bias is added after the product."""
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
+    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((64, 300), dtype=np.float32), rng.standard_normal((300, 40), dtype=np.float32)
     bias = {
