@@ -91,6 +91,15 @@ def test_profile_times_every_phase_of_both_frameworks(tmp_path, capsys):
     assert kernels_cpu.threads() == threads  # the run's thread limit undone
 
 
+def test_the_profile_alternates_the_frameworks_step_by_step():
+    """A drift of the host's speed during the run then slows both columns alike."""
+    from bench.profile import interleave
+
+    calls = []
+    interleave([lambda n: calls.append(f"fastnn {n}"), lambda n: calls.append(f"torch {n}")], 3)
+    assert calls == ["fastnn 0", "torch 0", "torch 1", "fastnn 1", "fastnn 2", "torch 2"]
+
+
 def test_layout_bench_times_both_layouts(capsys):
     from bench.layout import main
 

@@ -81,15 +81,24 @@ def test_what_onednn_cannot_read_is_numpys_product_bit_for_bit(onednn, make):
     assert np.array_equal(out, expected)
 
 
-@pytest.mark.parametrize("m,k,n", [(1024, 512, 10), (512, 1024, 10), (1024, 10, 512), (15, 300, 300)])
-def test_a_product_with_a_short_side_is_numpys_bit_for_bit(onednn, monkeypatch, m, k, n):
-    """The last layer's products (10 classes): NumPy's BLAS, faster there than waking oneDNN's threads."""
-    monkeypatch.setattr(kernels_onednn, "_primitives", {})
+@pytest.mark.parametrize("m,k,n", [(1024, 512, 10), (512, 1024, 10), (1024, 10, 512), (15, 300, 300), (64, 64, 64)])
+def test_a_product_with_a_short_side_runs_on_one_thread(onednn, monkeypatch, m, k, n):
+    """The last layer's products (10 classes): sharing them between threads costs more than it saves."""
+    from fastnn import openmp
+
+    entered, one_thread = [], openmp.one_thread
+
+    def recording():
+        entered.append(True)
+        return one_thread()
+
+    monkeypatch.setattr(openmp, "one_thread", recording)
     rng = np.random.default_rng(7)
     a, b, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((m, k), (k, n), (n,)))
-    assert np.array_equal(kernels_onednn.matmul(a, b), a @ b)
-    assert np.array_equal(kernels_onednn.matmul(a, b, bias), a @ b + bias)
-    assert kernels_onednn._primitives == {}
+    out = kernels_onednn.matmul(a, b, bias)
+    assert bool(entered) == (min(m, k, n) < kernels_onednn.SMALL_SIDE)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(out, kernels_onednn.matmul(a, b, bias))
 
 
 def test_one_primitive_per_shape_and_layout_made_once(onednn, monkeypatch):
