@@ -6,7 +6,7 @@ today's, interleaved with the PyTorch peer (one step each in turn, so machine lo
 1. ``baseline``: every change below undone (the first layer computes dL/dx; Adam as the plain
    formula with full-size temporaries; ReLU's backward with ``where``; Dense's bias added out of place);
 2. ``+no-input-grad``: the first layer skips dL/dx (its input is data);
-3. ``+fused-adam``: Adam in place, block by block (``fastnn.backend.fused_adam_step``);
+3. ``+fused-adam``: Adam in place, block by block (``fastnn.fused.fused_adam_step``);
 4. ``+relu-mask``: ReLU's backward multiplies by the 0/1 mask instead of ``where``;
 5. ``+bias-in-place`` (today's code): Dense adds its bias in place.
 

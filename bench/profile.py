@@ -39,7 +39,8 @@ from bench.torch_peer import torch
 from fastnn import kernels_cpu, kernels_onednn
 from fastnn.atomic import write_atomic
 from fastnn.augment import augment_images
-from fastnn.backend import get_backend, matmul, take_rows
+from fastnn.backend import get_backend
+from fastnn.fused import matmul, take_rows
 from fastnn.layers import Dense
 from fastnn.network import Network, count_correct
 from fastnn.optimizers import Adam

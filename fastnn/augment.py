@@ -17,7 +17,8 @@ from typing import Any
 
 from array_api_compat import device
 
-from fastnn.backend import fused_flip_shift, namespace
+from fastnn.backend import namespace
+from fastnn.fused import fused_flip_shift
 from fastnn.losses import one_hot, softmax
 
 Array = Any

@@ -3,7 +3,8 @@
 A :class:`Backend` bundles a namespace with the device its arrays live on and the few things the
 rest of fastnn needs from it: putting host data on the device, bringing results back, random
 numbers made on the device (:mod:`fastnn.rng`), a synchronisation point for honest timing, and the
-optimizers' fused updates where the namespace has them. Everything else in fastnn is written once
+optimizers' fused updates and the other fast kernels where the namespace has them (which
+:mod:`fastnn.fused` hands to the math core). Everything else in fastnn is written once
 against ``backend.xp``.
 
 One subclass per namespace holds what differs, so that no other code asks which one it has:
@@ -25,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
+from array_api_compat import array_namespace
 
 from fastnn.rng import CupyRNG, DeviceRNG, NumpyRNG
 
@@ -112,29 +113,29 @@ class Backend:
 
     @staticmethod
     def fused_adam_step() -> AdamStep | None:
-        """This namespace's in-place Adam update (:func:`fused_adam_step` says what it does), or None
-        where there is none and the optimizer runs its formula as written."""
+        """This namespace's in-place Adam update (:func:`fastnn.fused.fused_adam_step` says what it
+        does), or None where there is none and the optimizer runs its formula as written."""
         return None
 
     @staticmethod
     def fused_sgd_step() -> SGDStep | None:
-        """This namespace's in-place SGD update (:func:`fused_sgd_step`), or None where there is none."""
+        """This namespace's in-place SGD update (:func:`fastnn.fused.fused_sgd_step`), or None."""
         return None
 
     @staticmethod
     def fused_flip_shift() -> FlipShift | None:
-        """This namespace's compiled flips and shifts (:func:`fused_flip_shift`), or None."""
+        """This namespace's compiled flips and shifts (:func:`fastnn.fused.fused_flip_shift`), or None."""
         return None
 
     @staticmethod
     def fused_matmul() -> MatMul | None:
-        """This namespace's faster matrix product (:func:`matmul`), or None where ``a @ b`` is the one."""
+        """This namespace's faster matrix product (:func:`fastnn.fused.matmul`), or None (``a @ b``)."""
         return None
 
     @staticmethod
     def fused_loop(name: str) -> Callable[..., Any] | None:
-        """This namespace's compiled loop ``name`` ("relu", "relu_grad", "take_rows": :func:`relu`
-        and the functions after it), or None where the formula runs. The loop itself may answer None
+        """This namespace's compiled loop ``name`` ("relu", "relu_grad", "take_rows": the functions of
+        :mod:`fastnn.fused`), or None where the formula runs. The loop itself may answer None
         for arrays it does not take, and the formula runs then too."""
         return None
 
@@ -393,97 +394,3 @@ def namespace(array: Any) -> ModuleType:
     if xp is None:
         xp = _NAMESPACES[kind] = array_namespace(array)
     return xp
-
-
-# The math core writes each formula once against the array API standard, which has no ``out=`` and
-# no fused kernels, so each operation of a formula makes a full-size temporary array. Where a
-# namespace can do the same formula in place, its backend class hands that version out; ``None``
-# means "use the portable formula" (array-api-strict, and any other namespace). The optimizers know
-# their arrays, not the backend, so these two look the backend class up by namespace.
-
-
-def fused_adam_step(xp: Any) -> AdamStep | None:
-    """An in-place Adam update for arrays of namespace ``xp``, or None where there is none.
-
-    The callable is ``step(param, grad, m, v, beta1, beta2, step_size, eps_hat)`` and does in place::
-
-        m     <- beta1 * m + (1 - beta1) * grad
-        v     <- beta2 * v + (1 - beta2) * grad**2
-        param <- param - step_size * m / (sqrt(v) + eps_hat)
-
-    with the bias corrections folded into the two scalars by the caller:
-    ``step_size = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, ``eps_hat = eps * sqrt(1 - beta2**t)``.
-    Each call returns a new callable with its own scratch space: use one per parameter.
-    NumPy's is :func:`fastnn.kernels_cpu.adam_step`, CuPy's :func:`fastnn.kernels_cuda.adam_step`.
-    """
-    return _backend_class(xp).fused_adam_step()
-
-
-def fused_sgd_step(xp: Any) -> SGDStep | None:
-    """An in-place SGD update for arrays of namespace ``xp``, or None where there is none.
-
-    The callable is ``step(param, grad, velocity, lr, momentum, nesterov)`` and does the update of
-    :class:`fastnn.optimizers.SGD` in place (``velocity`` None without momentum). Each call returns
-    a new callable with its own scratch space: use one per parameter. Only NumPy has one
-    (:func:`fastnn.kernels_cpu.sgd_step`).
-    """
-    return _backend_class(xp).fused_sgd_step()
-
-
-def _backend_class(xp: Any) -> type[Backend]:
-    """The backend class of namespace ``xp``; the base class, which has no fused updates, for any
-    namespace but NumPy's and CuPy's."""
-    if is_numpy_namespace(xp):
-        return NumpyBackend
-    if is_cupy_namespace(xp):
-        return CupyBackend
-    return Backend
-
-
-def fused_flip_shift(xp: Any) -> FlipShift | None:
-    """Random flips and shifts of CIFAR rows as one compiled loop for arrays of namespace ``xp``, or
-    None where there is none and :func:`fastnn.augment.augment_images` runs its formula. The callable
-    is ``flip_shift(x, flip, dy, dx)`` and returns the new rows; only NumPy with the numba engine has
-    one (:func:`fastnn.kernels_cpu.flip_shift`)."""
-    return _backend_class(xp).fused_flip_shift()
-
-
-def matmul(a: Any, b: Any, bias: Any = None) -> Any:
-    """``a @ b``, plus ``bias`` added to each row where given; for NumPy's float32 matrices with the
-    ``[onednn]`` extra, by oneDNN (:mod:`fastnn.kernels_onednn`: the same product, faster than
-    OpenBLAS on AVX-512 CPUs, the bias added inside the product where it can), chosen by
-    :func:`fastnn.kernels_cpu.products`. ``Dense`` makes its three products through this."""
-    fast = _backend_class(namespace(a)).fused_matmul()
-    if fast is not None:
-        return fast(a, b, bias)
-    out = a @ b
-    if bias is not None:
-        out += bias  # in place: one (batch, n_out) array fewer
-    return out
-
-
-def _loop(name: str, *arrays: Any) -> Any:
-    """The compiled loop ``name``'s answer for ``arrays`` (:meth:`Backend.fused_loop`), or None."""
-    fast = _backend_class(namespace(arrays[0])).fused_loop(name)
-    return None if fast is None else fast(*arrays)
-
-
-def relu(x: Any) -> Any:
-    """``maximum(x, 0)``; for NumPy's large float arrays with the numba engine, one loop on all the
-    cores (:func:`fastnn.kernels_cpu.relu`: NumPy's runs on one), the same bits. ``ReLU`` uses it."""
-    y = _loop("relu", x)
-    return namespace(x).maximum(x, 0.0) if y is None else y
-
-
-def relu_grad(grad: Any, y: Any) -> Any:
-    """``grad * [y > 0]``, the mask as 0.0 and 1.0 (:class:`fastnn.layers.ReLU` says why not
-    ``where``); on NumPy with the numba engine one loop on all the cores, the same bits."""
-    out = _loop("relu_grad", grad, y)
-    return grad * namespace(grad).astype(y > 0, grad.dtype) if out is None else out
-
-
-def take_rows(x: Any, index: Any) -> Any:
-    """``take(x, index, axis=0)``: the training loop's batch gather; on NumPy with the numba engine
-    the rows of a 2-D ``x`` are copied on all the cores (:func:`fastnn.kernels_cpu.take_rows`)."""
-    rows = _loop("take_rows", x, index)
-    return namespace(x).take(x, index, axis=0) if rows is None else rows

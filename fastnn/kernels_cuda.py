@@ -25,7 +25,7 @@ _adam_kernel = None  # compiled by CuPy at its first call, once per dtype
 
 def adam_step() -> AdamStep:
     """An in-place Adam update for CuPy arrays, one CUDA kernel per parameter: the callable is
-    ``step(param, grad, m, v, beta1, beta2, step_size, eps_hat)`` of :func:`fastnn.backend.fused_adam_step`.
+    ``step(param, grad, m, v, beta1, beta2, step_size, eps_hat)`` of :func:`fastnn.fused.fused_adam_step`.
 
     ``1 - beta1`` and ``1 - beta2`` come in as scalars worked out on the host in double precision, as
     the NumPy path has them: in float32 inside the kernel, ``1 - float32(0.999)`` is 0.00099998713,

@@ -21,7 +21,8 @@ from typing import Any
 
 from array_api_compat import device
 
-from fastnn.backend import matmul, namespace, relu, relu_grad
+from fastnn.backend import namespace
+from fastnn.fused import matmul, relu, relu_grad
 
 Array = Any
 
@@ -137,7 +138,7 @@ class ReLU(Layer):
     """
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        self._y = relu(x)  # max(x, 0), on all the CPU's cores where it can (fastnn.backend.relu)
+        self._y = relu(x)  # max(x, 0), on all the CPU's cores where it can (fastnn.fused.relu)
         return self._y
 
     def backward(self, grad_out: Array) -> Array:

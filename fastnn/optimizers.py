@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from fastnn.backend import fused_adam_step, fused_sgd_step, namespace
+from fastnn.backend import namespace
+from fastnn.fused import fused_adam_step, fused_sgd_step
 
 Array = Any
 Entries = Iterable[tuple[str, Array, Array]]
@@ -39,7 +40,7 @@ class SGD:
     ``v <- mu * v + g``, then ``p <- p - lr * v``, or with Nesterov ``p <- p - lr * (g + mu * v)``.
 
     With ``fused`` (the default) NumPy runs the same update in place, on all cores
-    (:func:`fastnn.backend.fused_sgd_step`); other namespaces, and ``fused=False``, run it as
+    (:func:`fastnn.fused.fused_sgd_step`); other namespaces, and ``fused=False``, run it as
     written in :meth:`step`.
     """
 
@@ -98,7 +99,7 @@ class Adam:
     ``p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
 
     With ``fused`` (the default) NumPy and CuPy run the same update in place, without full-size
-    temporaries (:func:`fastnn.backend.fused_adam_step`); other namespaces, and ``fused=False``,
+    temporaries (:func:`fastnn.fused.fused_adam_step`); other namespaces, and ``fused=False``,
     run it as written in :meth:`step`.
     """
 

@@ -21,8 +21,9 @@ from typing import Any
 from array_api_compat import device
 
 from fastnn.augment import Mixup, augment_images, check_augmentable, flip_averaged_probabilities
-from fastnn.backend import namespace, take_rows
+from fastnn.backend import namespace
 from fastnn.config import ADDED_LATER, NORMS, TrainConfig
+from fastnn.fused import take_rows
 from fastnn.losses import SoftmaxCrossEntropy
 from fastnn.network import Network, count_correct
 from fastnn.optimizers import check_lr

@@ -84,7 +84,7 @@ def test_fused_cupy_adam_matches_the_generic_path(gpu):
 @pytest.mark.gpu
 def test_fused_cupy_adam_kernel_on_one_array(gpu):
     """The kernel alone, one step from known state, against the formula evaluated on the host."""
-    from fastnn.backend import fused_adam_step
+    from fastnn.fused import fused_adam_step
 
     rng = np.random.default_rng(2)
     p, g, m, v = (rng.normal(size=(257, 33)).astype(np.float32) for _ in range(4))

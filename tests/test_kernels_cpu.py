@@ -100,7 +100,7 @@ def _bits(a):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_loops_give_the_formulas_bits(dtype):
-    """The loops are the formulas of ReLU (fastnn.backend.relu, relu_grad) to the bit, -0.0 and NaN included."""
+    """The loops are the formulas of ReLU (fastnn.fused.relu, relu_grad) to the bit, -0.0 and NaN included."""
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
     previous = kernels_cpu.set_engine("numba")
     try:
@@ -138,7 +138,7 @@ def test_the_loops_leave_what_they_do_not_take_to_numpy():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_take_rows_copies_numpys_rows(dtype):
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
-    from fastnn.backend import take_rows
+    from fastnn.fused import take_rows
 
     x = _odd_values((1000, 300), dtype)
     index = np.random.default_rng(2).permutation(1000)[:400]
@@ -161,7 +161,7 @@ def test_take_rows_copies_numpys_rows(dtype):
 _FORKED_LOOPS = """
 import os, numpy as np
 from fastnn import kernels_cpu
-from fastnn.backend import relu
+from fastnn.fused import relu
 import numba
 x = np.full((300, 200), -1.0, np.float32)
 assert kernels_cpu.engine() == "numba"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fastnn import kernels_cpu, kernels_onednn
-from fastnn.backend import get_backend, matmul
+from fastnn.backend import get_backend
+from fastnn.fused import matmul
 from fastnn.layers import Dense
 
 pytestmark = pytest.mark.skipif(kernels_onednn.load() is None, reason=f"{kernels_onednn.why_not()}")
@@ -242,7 +243,7 @@ def test_dense_on_onednn_matches_dense_on_numpys_blas():
 _FORK = """
 import os, numpy as np
 from fastnn import kernels_cpu
-from fastnn.backend import matmul
+from fastnn.fused import matmul
 x = np.ones((256, 3072), np.float32)
 w = np.ones((3072, 1024), np.float32)
 assert kernels_cpu.products() == "onednn"
