@@ -13,8 +13,7 @@ NumPy's ``@``.
 row by row (C order, or a transposed view of C order, which oneDNN reads as "transposed"); anything
 else (float64, other strides, empty shapes) is NumPy's ``a @ b``. Products with small outputs run as
 oneDNN's matmul primitive, made once per shape and layout and kept, larger ones through
-``dnnl_sgemm`` (:data:`PRIMITIVE_MAX_OUTPUTS`), and those with a short side on one thread
-(:data:`SMALL_SIDE`). The same products in another summation order: the last bits differ from
+``dnnl_sgemm`` (:data:`PRIMITIVE_MAX_OUTPUTS`). The same products in another summation order: the last bits differ from
 OpenBLAS's, and on one machine, thread count and library version they are the same every run
 (``tests/test_kernels_onednn.py``), which ``--resume``'s bit-identical continuation needs.
 
@@ -136,13 +135,6 @@ eight products at batch 256 and 1024 on an AVX-512 Xeon (``bench/results/README.
 primitive took 10% less time for (256 x 3072) @ (3072 x 1024) and 27% less for the (1024 x 1024).T
 @ (1024 x 512) weight gradient, and 7-10% more for the products of 1024 x 1024 outputs and more."""
 
-SMALL_SIDE = 16
-"""Products with a side (m, n or k) shorter than this run on the calling thread alone: sharing such
-a product costs more than it saves. The default network's last layer, Dense(512, 10), its three
-products at batch 1024, each time after a large product as in a step (timed interleaved, medians):
-1.86 ms on two threads, 0.96 ms on one; NumPy's OpenBLAS, between oneDNN's products, 0.7-12 ms
-(its threads and GNU OpenMP's got in each other's way)."""
-
 _ARG_SRC, _ARG_WEIGHTS, _ARG_DST, _ARG_BIAS = 1, 33, 17, 41  # DNNL_ARG_SRC, _WEIGHTS, _DST, _BIAS (dnnl_types.h)
 _F32, _CPU, _IN_ORDER = 3, 1, 1  # dnnl_f32, dnnl_cpu, dnnl_stream_in_order
 
@@ -255,15 +247,6 @@ def _product(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarra
     left, right = _operand(a), _operand(b)
     if left is None or right is None:
         return None
-    if min(m, n, k) < SMALL_SIDE:
-        with openmp.one_thread():
-            return _run(a, b, bias, left, right)
-    return _run(a, b, bias, left, right)
-
-
-def _run(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, left: tuple, right: tuple) -> np.ndarray | None:
-    m, k = a.shape
-    n = b.shape[1]
     # the primitive adds a bias that is one contiguous float32 row of n; any other is added after
     fused_bias = bias is not None and bias.dtype == np.float32 and bias.shape == (n,) and bias.flags.c_contiguous
     out = np.empty((m, n), dtype=np.float32)

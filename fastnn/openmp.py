@@ -20,17 +20,14 @@ or is killed (numba). Each user of the pool registers what its forked children d
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Iterator
 
 LIBRARY = "libgomp.so.1"
 
 wait_policy: str = "not loaded"  # how GNU OpenMP's idle threads wait, for ``fastnn info``
 _loaded: bool | None = None  # whether load() found the library, once tried
-_library: ctypes.CDLL | None = None
 
 
 def loaded_already() -> bool:
@@ -45,7 +42,7 @@ def loaded_already() -> bool:
 def load() -> bool:
     """Load GNU OpenMP once, its idle threads asleep at once unless the user said otherwise;
     False where it is not on this system (Linux only; Debian's package is ``libgomp1``)."""
-    global _loaded, _library, wait_policy
+    global _loaded, wait_policy
     if _loaded is not None:
         return _loaded
     if not sys.platform.startswith("linux"):
@@ -57,7 +54,7 @@ def load() -> bool:
     if ours:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        _library = ctypes.CDLL(LIBRARY, mode=os.RTLD_GLOBAL)
+        ctypes.CDLL(LIBRARY, mode=os.RTLD_GLOBAL)
         _loaded = True
     except OSError:
         _loaded = False
@@ -74,22 +71,3 @@ def load() -> bool:
                        "told then; export OMP_WAIT_POLICY=PASSIVE to free the cores at once")  # fmt: skip
     return _loaded
 
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Parallel regions started by this thread inside the block run on this thread alone (GNU OpenMP's
-    per-thread setting, so other threads are not affected); a no-op where GNU OpenMP is not loaded."""
-    if not load():
-        yield
-        return
-    before = _library.omp_get_max_threads()
-    _library.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        _library.omp_set_num_threads(before)
-
-
-def max_threads() -> int:
-    """GNU OpenMP's thread count for parallel regions this thread starts (0 where it is not loaded)."""
-    return _library.omp_get_max_threads() if load() else 0

@@ -35,10 +35,8 @@ def _pair(rng, m, k, n, a_transposed, b_transposed):
 @pytest.mark.parametrize("b_transposed", [False, True])
 @pytest.mark.parametrize("m,k,n", [(256, 3072, 1024), (7, 13, 5), (1, 9, 1), (33, 1, 17)])
 def test_products_match_float64_as_closely_as_numpy(onednn, monkeypatch, m, k, n, a_transposed, b_transposed, path):
-    """Both of oneDNN's ways, the matmul primitive (small outputs) and sgemm (large ones), on small
-    sides too (which NumPy's BLAS takes unless told otherwise)."""
+    """Both of oneDNN's ways, the matmul primitive (small outputs) and sgemm (large ones)."""
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
-    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(m + k + n)
     a, b = _pair(rng, m, k, n, a_transposed, b_transposed)
     out = kernels_onednn.matmul(a, b)
@@ -52,7 +50,6 @@ def test_products_match_float64_as_closely_as_numpy(onednn, monkeypatch, m, k, n
 @pytest.mark.parametrize("path", ["primitive", "sgemm"])
 def test_row_strided_views_are_read_with_their_row_stride(onednn, monkeypatch, path):
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
-    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(1)
     big = rng.standard_normal((40, 70), dtype=np.float32)
     a, b = big[:, :30], big[3:33, 35:60]  # rows not contiguous with each other, each row contiguous
@@ -80,26 +77,6 @@ def test_what_onednn_cannot_read_is_numpys_product_bit_for_bit(onednn, make):
     expected = a @ b
     assert out.shape == expected.shape and out.dtype == expected.dtype
     assert np.array_equal(out, expected)
-
-
-@pytest.mark.parametrize("m,k,n", [(1024, 512, 10), (512, 1024, 10), (1024, 10, 512), (15, 300, 300), (64, 64, 64)])
-def test_a_product_with_a_short_side_runs_on_one_thread(onednn, monkeypatch, m, k, n):
-    """The last layer's products (10 classes): sharing them between threads costs more than it saves."""
-    from fastnn import openmp
-
-    entered, one_thread = [], openmp.one_thread
-
-    def recording():
-        entered.append(True)
-        return one_thread()
-
-    monkeypatch.setattr(openmp, "one_thread", recording)
-    rng = np.random.default_rng(7)
-    a, b, bias = (rng.standard_normal(shape, dtype=np.float32) for shape in ((m, k), (k, n), (n,)))
-    out = kernels_onednn.matmul(a, b, bias)
-    assert bool(entered) == (min(m, k, n) < kernels_onednn.SMALL_SIDE)
-    np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=1e-4, atol=1e-4)
-    assert np.array_equal(out, kernels_onednn.matmul(a, b, bias))
 
 
 def test_one_primitive_per_shape_and_layout_made_once(onednn, monkeypatch):
@@ -131,7 +108,6 @@ def test_a_bias_added_inside_the_product_gives_the_bits_of_adding_it_after(onedn
     """Dense's ``x @ W + b``: the primitive adds a contiguous float32 row in its last step, with the
     bits of the product followed by ``+= b``; any other bias is added after the product."""
     monkeypatch.setattr(kernels_onednn, "PRIMITIVE_MAX_OUTPUTS", 1 << 40 if path == "primitive" else 0)
-    monkeypatch.setattr(kernels_onednn, "SMALL_SIDE", 0)
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((64, 300), dtype=np.float32), rng.standard_normal((300, 40), dtype=np.float32)
     bias = {
