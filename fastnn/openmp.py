@@ -70,4 +70,3 @@ def load() -> bool:
         wait_policy = ("GNU OpenMP was loaded before fastnn loaded it, so its idle threads wait as they were "
                        "told then; export OMP_WAIT_POLICY=PASSIVE to free the cores at once")  # fmt: skip
     return _loaded
-
