@@ -176,7 +176,7 @@ def set_threads(count: int) -> int:
     return previous
 
 
-def _forget_pool() -> None:
+def _forked() -> None:
     global _pool, _pool_lock, _numba, _numba_refused, _engine
     # a forked child has none of the parent's threads (nor a lock one of them held): it starts afresh
     _pool, _pool_lock = None, threading.Lock()
@@ -194,7 +194,7 @@ def numba_threads_description() -> str:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _executor() -> ThreadPoolExecutor:
