@@ -11,7 +11,8 @@ import pytest
 CORE = ["layers.py", "losses.py", "regularizers.py", "optimizers.py", "schedules.py", "network.py", "augment.py"]
 SETTINGS = ["config.py"]  # the run settings: above the core, but still free of numpy and cupy
 ROOT = Path(__file__).resolve().parents[1] / "fastnn"
-CORE_AND_BACKEND = {"fastnn.backend"} | {f"fastnn.{name.removesuffix('.py')}" for name in CORE}
+# fastnn.fused: the backend's fast kernels as the core calls them (the formula where a backend has none)
+CORE_AND_BACKEND = {"fastnn.backend", "fastnn.fused"} | {f"fastnn.{name.removesuffix('.py')}" for name in CORE}
 
 
 def _fastnn_imports(module: str) -> set[str]:
@@ -40,6 +41,10 @@ def test_core_module_imports_only_the_core_and_the_backend(module):
     the command line, so that it can be read, and used, without them."""
     outside = _fastnn_imports(module) - CORE_AND_BACKEND
     assert not outside, f"{module} imports {outside}"
+
+
+def test_the_cores_door_to_the_kernels_sits_on_the_backend_alone():
+    assert _fastnn_imports("fused.py") == {"fastnn.backend"}
 
 
 def test_the_run_settings_sit_on_the_core_below_the_training_loop():
