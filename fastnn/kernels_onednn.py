@@ -13,8 +13,9 @@ NumPy's ``@``.
 row by row (C order, or a transposed view of C order, which oneDNN reads as "transposed"); anything
 else (float64, other strides, empty shapes) is NumPy's ``a @ b``. Products with small outputs run as
 oneDNN's matmul primitive, made once per shape and layout and kept, larger ones through
-``dnnl_sgemm`` (:data:`PRIMITIVE_MAX_OUTPUTS`). The same products in another summation order: the last bits differ from
-OpenBLAS's, and on one machine, thread count and library version they are the same every run
+``dnnl_sgemm`` (:data:`PRIMITIVE_MAX_OUTPUTS`). The same products in another summation order: the
+last bits differ from OpenBLAS's, and on one machine, thread count and library version they are
+the same every run
 (``tests/test_kernels_onednn.py``), which ``--resume``'s bit-identical continuation needs.
 
 A process made by ``fork`` after oneDNN loaded multiplies with NumPy's BLAS (GNU OpenMP's threads
@@ -181,6 +182,18 @@ class _Primitive:
         lib.dnnl_primitive_desc_destroy(pd)
         kinds = (_ARG_SRC, _ARG_WEIGHTS, _ARG_DST, _ARG_BIAS)
         self.args = (_Arg * len(descs))(*(_Arg(k, m) for k, m in zip(kinds, self.memories)))
+
+    def __del__(self) -> None:
+        # dropped from the cache (or never finished): give oneDNN its primitive and memory objects back;
+        # in a forked child (_lib is None) the parent's library state is not this process's to free
+        lib = _lib
+        if lib is None:
+            return
+        for memory in getattr(self, "memories", ()):
+            lib.dnnl_memory_destroy(memory)
+        primitive = getattr(self, "primitive", None)
+        if primitive is not None and primitive.value:
+            lib.dnnl_primitive_destroy(primitive)
 
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -> int:
         lib = _lib
