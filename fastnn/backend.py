@@ -134,9 +134,9 @@ class Backend:
 
     @staticmethod
     def fused_loop(name: str) -> Callable[..., Any] | None:
-        """This namespace's compiled loop ``name`` ("relu", "relu_grad", "take_rows": the functions of
-        :mod:`fastnn.fused`), or None where the formula runs. The loop itself may answer None
-        for arrays it does not take, and the formula runs then too."""
+        """This namespace's compiled loop ``name`` ("relu", "relu_grad", "take_rows", "sum_rows": the
+        functions of :mod:`fastnn.fused`), or None where the formula runs. The loop itself may
+        answer None for arrays it does not take, and the formula runs then too."""
         return None
 
 

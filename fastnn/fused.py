@@ -104,3 +104,10 @@ def take_rows(x: Any, index: Any) -> Any:
     the rows of a 2-D ``x`` are copied on all the cores (:func:`fastnn.kernels_cpu.take_rows`)."""
     rows = _loop("take_rows", x, index)
     return namespace(x).take(x, index, axis=0) if rows is None else rows
+
+
+def sum_rows(x: Any) -> Any:
+    """``sum(x, axis=0)`` of a 2-D ``x``: ``Dense``'s bias gradient; on NumPy with the numba engine
+    the columns are shared among the cores (:func:`fastnn.kernels_cpu.sum_rows`), the same bits."""
+    total = _loop("sum_rows", x)
+    return namespace(x).sum(x, axis=0) if total is None else total

@@ -243,11 +243,13 @@ def _update(arrays: list[np.ndarray], block_update: BlockUpdate, scratch: dict) 
         future.result()
 
 
-def _numba_threads() -> None:
-    """numba's loops on :func:`threads` threads (at most the pool numba started with)."""
+def _numba_threads() -> int:
+    """numba's loops on :func:`threads` threads (at most the pool numba started with); returns how many."""
     import numba
 
-    numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
+    count = max(1, min(_threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    return count
 
 
 def _compiled_ok(arrays: tuple[np.ndarray, ...]) -> bool:
@@ -422,4 +424,20 @@ def take_rows(x: np.ndarray, index: np.ndarray) -> np.ndarray | None:
     out = np.empty((index.size, x.shape[1]), dtype=x.dtype)
     _numba_threads()
     _numba.take_rows(x, index, out)
+    return out
+
+
+def sum_rows(x: np.ndarray) -> np.ndarray | None:
+    """``sum(x, axis=0)`` for a 2-D ``x`` (a bias gradient), its columns shared among the threads,
+    each column summed in NumPy's order, so with its bits; None where the loop does not apply (also
+    for fewer than 16 columns a thread) and NumPy's sum runs."""
+    if x.ndim != 2 or not _loop_ok(x):
+        return None
+    threads = _numba_threads()
+    if x.shape[1] < 16 * threads:
+        return None
+    out = np.empty(x.shape[1], dtype=x.dtype)
+    width = -(-x.shape[1] // threads)
+    width = -(-width // 16) * 16  # whole 64-byte lines of float32 to each thread
+    _numba.sum_rows(x, out, width, x.dtype.type(0))
     return out

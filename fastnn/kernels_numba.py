@@ -113,3 +113,18 @@ def take_rows(x, index, out):
     indices must be in range (unchecked here)."""
     for r in numba.prange(index.size):
         out[r, :] = x[index[r], :]
+
+
+@numba.njit(parallel=True, cache=True)
+def sum_rows(x, out, width, zero):
+    """``out = sum(x, axis=0)`` for a 2-D ``x``, each thread summing ``width`` columns (the last
+    fewer) into a row of its own, from ``zero``, row after row: NumPy's order, so its bits."""
+    rows, columns = x.shape
+    for part in numba.prange((columns + width - 1) // width):
+        first, stop = part * width, min(part * width + width, columns)
+        total = np.full(stop - first, zero)  # the thread's own: numba vectorizes the adds into it
+        for i in range(rows):
+            row = x[i, first:stop]
+            for j in range(stop - first):
+                total[j] += row[j]
+        out[first:stop] = total

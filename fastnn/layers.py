@@ -22,7 +22,7 @@ from typing import Any
 from array_api_compat import device
 
 from fastnn.backend import namespace
-from fastnn.fused import matmul, relu, relu_grad
+from fastnn.fused import matmul, relu, relu_grad, sum_rows
 
 Array = Any
 
@@ -106,8 +106,8 @@ class Dense(Layer):
         return matmul(x, self.params["W"], self.params["b"])  # x @ W + b, by the backend's fastest product
 
     def backward(self, grad_out: Array) -> Array | None:
-        xp = namespace(grad_out)
-        self.grads = {"W": matmul(self._x.T, grad_out), "b": xp.sum(grad_out, axis=0)}  # x.T @ dy
+        db = sum_rows(grad_out)  # sum_batch dy, first: dy is still in the cache
+        self.grads = {"W": matmul(self._x.T, grad_out), "b": db}  # x.T @ dy
         return matmul(grad_out, self.params["W"].T) if self.input_grad else None  # dy @ W.T
 
     def __repr__(self) -> str:

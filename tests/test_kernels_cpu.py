@@ -117,6 +117,28 @@ def test_relu_loops_give_the_formulas_bits(dtype):
         kernels_cpu.set_engine(previous)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(300, 200), (1000, 333), (2000, 40)], ids=str)
+def test_sum_rows_gives_numpys_bits(dtype, shape):
+    """The bias gradient's loop sums each column in NumPy's order (a row at a time, from +0.0), so
+    to the bit, -0.0 and NaN included; the columns split unevenly among the threads too."""
+    pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
+    from fastnn.fused import sum_rows
+
+    x = _odd_values(shape, dtype)
+    x[:, 3] = -0.0  # NumPy starts from +0.0: a column of -0.0 sums to +0.0
+    previous = kernels_cpu.set_engine("numba")
+    try:
+        total = kernels_cpu.sum_rows(x)
+        assert total is not None and total.dtype == dtype and total.shape == (shape[1],)
+        with np.errstate(invalid="ignore"):  # inf + -inf: NaN, NumPy's answer too
+            expected = np.sum(x, axis=0)
+        np.testing.assert_array_equal(_bits(total), _bits(expected))
+        np.testing.assert_array_equal(_bits(sum_rows(x)), _bits(expected))
+    finally:
+        kernels_cpu.set_engine(previous)
+
+
 def test_the_loops_leave_what_they_do_not_take_to_numpy():
     """Small, strided, integer or mixed arrays, and the NumPy engine: None, and the formula runs."""
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
@@ -129,8 +151,11 @@ def test_the_loops_leave_what_they_do_not_take_to_numpy():
         assert kernels_cpu.relu_grad(big, big.astype(np.float64)) is None
         assert kernels_cpu.relu_grad(big, big[:, :100].copy()) is None
         assert kernels_cpu.take_rows(big, np.array([0, 1])) is None  # too few rows to share
+        assert kernels_cpu.sum_rows(np.ones((8000, 5), np.float32)) is None  # too few columns to share
+        assert kernels_cpu.sum_rows(big.reshape(-1)) is None  # not 2-D
         kernels_cpu.set_engine("numpy")
         assert kernels_cpu.relu(big) is None and kernels_cpu.take_rows(big, np.arange(300)) is None
+        assert kernels_cpu.sum_rows(big) is None
     finally:
         kernels_cpu.set_engine(previous)
 
