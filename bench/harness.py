@@ -148,6 +148,8 @@ class Result:
     # fastnn's rows: for each PyTorch run on the same device, the median over the rounds of (this
     # epoch / that run's epoch of the same round), which a drift in the machine's speed spares
     paired_ratios: dict[str, float] = field(default_factory=dict)
+    # and how far that median can be trusted: a 95% bootstrap interval over the rounds (median_interval)
+    paired_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -225,9 +227,20 @@ def measure(
         if peer is not None:
             res.ratio_to_torch = res.median_ms / peer.median_ms
         if res.framework == "fastnn":
-            res.paired_ratios = {
-                other.backend: statistics.median(a / b for a, b in zip(res.epoch_ms, other.epoch_ms))
-                for other in results
-                if other.framework == "torch" and other.device == res.device
-            }
+            for other in (o for o in results if o.framework == "torch" and o.device == res.device):
+                ratios = [a / b for a, b in zip(res.epoch_ms, other.epoch_ms)]
+                res.paired_ratios[other.backend] = statistics.median(ratios)
+                res.paired_intervals[other.backend] = median_interval(ratios)
     return results
+
+
+def median_interval(values: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A 95% interval for the median of ``values`` (the rounds' paired ratios): the 2.5th and 97.5th
+    percentiles of the medians of ``resamples`` bootstrap resamples (the rounds drawn with
+    replacement). A ratio whose interval holds 1.0 is level within what the machine's noise lets this
+    many rounds tell; more rounds narrow it. Seeded: the same rounds give the same interval."""
+    data = np.asarray(values, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
+    medians = np.median(data[draws], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)

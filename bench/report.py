@@ -191,11 +191,18 @@ def paired_lines(results: list[Result]) -> list[str]:
     lines = []
     for r in results:
         if r.paired_ratios:
-            pairs = ", ".join(f"{ratio:.3f}x {peer}" for peer, ratio in r.paired_ratios.items())
+            pairs = ", ".join(
+                f"{ratio:.3f}x {peer}" + _interval(r.paired_intervals.get(peer), len(r.epoch_ms))
+                for peer, ratio in r.paired_ratios.items()
+            )
             lines.append(f"{r.backend} batch {r.batch_size}, paired by round: {pairs}")
     if lines:
-        lines.insert(0, "round by round (median of this epoch / the peer's epoch of the same round):")
+        lines.insert(0, "round by round (median of this epoch / the peer's epoch of the same round, bootstrapped):")
     return lines
+
+
+def _interval(interval: tuple[float, float] | None, rounds: int) -> str:
+    return "" if interval is None else f" (95% interval {interval[0]:.3f}-{interval[1]:.3f} over {rounds} rounds)"
 
 
 def markdown_table(results: list[Result]) -> str:

@@ -217,3 +217,22 @@ def test_rounds_alternate_their_order_and_pair_fastnn_with_each_peer():
     assert fastnn.paired_ratios["torch-cpu"] == pytest.approx((expected[1] + expected[2]) / 2)
     assert fastnn.paired_ratios["torch-cpu"] == pytest.approx(0.5, rel=0.005)
     assert all(not r.paired_ratios for r in results if r.framework == "torch")
+    low, high = fastnn.paired_intervals["torch-cpu"]
+    assert low <= fastnn.paired_ratios["torch-cpu"] <= high  # and within the rounds' ratios:
+    assert min(expected) == pytest.approx(low) or min(expected) < low
+    assert max(expected) == pytest.approx(high) or high < max(expected)
+
+
+def test_the_median_interval_holds_the_median_and_narrows_with_more_rounds():
+    from bench.harness import median_interval
+
+    assert median_interval([1.02] * 7) == (1.02, 1.02)
+    rng = np.random.default_rng(5)
+    few, many = rng.normal(1.0, 0.03, size=10), rng.normal(1.0, 0.03, size=200)
+    for sample in (few, many):
+        low, high = median_interval(list(sample))
+        assert sample.min() < low <= np.median(sample) <= high < sample.max()
+        assert median_interval(list(sample)) == (low, high)  # seeded
+    width = {len(sample): np.diff(median_interval(list(sample)))[0] for sample in (few, many)}
+    # the median of n rounds of noise 0.03 is known to about 0.03 * 1.25 / sqrt(n): 0.0027 for 200
+    assert 0.005 < width[200] < 0.02 and width[200] < width[10]
