@@ -61,6 +61,11 @@ def _candidates() -> list[str]:
     return [str(folder / LIBRARY) for folder in folders if (folder / LIBRARY).is_file()] + [LIBRARY]
 
 
+def installed() -> bool:
+    """Whether the extra's library is where pip puts it (loading it may still fail: :func:`load`)."""
+    return sys.platform.startswith("linux") and len(_candidates()) > 1
+
+
 def load() -> Any:
     """The oneDNN library, loaded once, or None where it is not installed (:func:`why_not` says why)."""
     global _lib, _why_not
@@ -69,7 +74,7 @@ def load() -> Any:
     if not sys.platform.startswith("linux"):
         _why_not = f"the [onednn] extra's library is built for Linux only, not {sys.platform}"
         return None
-    openmp.load()  # first, so that its idle threads sleep (fastnn.openmp)
+    openmp.load()  # first, so that its idle threads wait as suits the products (fastnn.openmp)
     errors = []
     for candidate in _candidates():
         try:
