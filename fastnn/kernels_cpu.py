@@ -39,7 +39,16 @@ BLOCK = 1 << 15
 update fill about 640 KiB in float32, which stays in a core's L2 cache; the Python cost of an
 operation (about a microsecond) stays small beside its work on the block."""
 
-_threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+def _default_threads() -> int:
+    """The cores this process may use, at most 8, and at most ``OMP_NUM_THREADS`` where that is a
+    whole number (``fastnn experiments`` and ``fastnn tune`` give each worker process its share so)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    told = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(8, cores, int(told) if told.isdigit() and int(told) > 0 else cores))
+
+
+_threads = _default_threads()
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -162,7 +171,8 @@ def threads() -> int:
 def set_threads(count: int) -> int:
     """Share each update among ``count`` threads (1: the calling thread alone); returns the previous count.
 
-    The default is the number of cores this process may use, at most 8. ``python -m bench`` sets it
+    The default is the number of cores this process may use, at most 8 and at most ``OMP_NUM_THREADS``
+    where that is set (:func:`_default_threads`). ``python -m bench`` sets it
     together with the BLAS and PyTorch thread counts.
     """
     global _threads, _pool

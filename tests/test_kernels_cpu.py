@@ -222,3 +222,17 @@ def test_a_forked_child_runs_the_numpy_engine_instead_of_being_killed():
         "threads",
         "parent numba 0.0 0",
     ]
+
+
+def test_the_default_thread_count_takes_a_workers_share(monkeypatch):
+    """``fastnn experiments`` and ``fastnn tune`` start their workers with OMP_NUM_THREADS set to a share
+    of the cores: the updates and loops keep to it, as the products do, rather than oversubscribe."""
+    monkeypatch.setattr(kernels_cpu.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert kernels_cpu._default_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert kernels_cpu._default_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert kernels_cpu._default_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # a nested list: not a count fastnn reads
+    assert kernels_cpu._default_threads() == 4
