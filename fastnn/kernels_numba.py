@@ -3,9 +3,10 @@
 
 Each loop reads every array once and writes the result once, with the element held in registers
 through the formula's steps, the elements shared among the threads (``prange``). The threads are
-GNU OpenMP's (numba's ``omp`` layer), the pool that oneDNN's products use too, loaded with its idle
-threads asleep (:mod:`fastnn.openmp`; spinning, they took the cores from the BLAS threads of the
-products that follow, and an epoch was 28% slower instead of faster). Where GNU OpenMP is not on the
+GNU OpenMP's (numba's ``omp`` layer), the pool that oneDNN's products use too; its idle threads
+spin a while where oneDNN multiplies (they start its next product at once) and sleep at once where
+OpenBLAS's threads multiply beside them (spinning, they took the cores from those, and an epoch was
+28% slower instead of faster): :mod:`fastnn.openmp`. Where GNU OpenMP is not on the
 system, numba's own ``workqueue`` pool: its threads sleep too, but it starts a loop in about 30 us,
 and a loop over memory, such as ReLU's, ran no faster on two threads than on one there (0.57 ms on
 1024 x 1024, against 0.26 ms on GNU OpenMP's two threads and PyTorch's 0.26 ms). Not plain loops
@@ -27,7 +28,7 @@ import numpy as np
 
 from fastnn import openmp
 
-# GNU OpenMP's pool, shared with oneDNN, its idle threads asleep (fastnn.openmp); else numba's own
+# GNU OpenMP's pool, shared with oneDNN, its idle threads as fastnn.openmp chose; else numba's own
 LAYER = "omp" if openmp.load() else "workqueue"
 numba.config.THREADING_LAYER = LAYER
 

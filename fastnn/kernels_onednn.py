@@ -21,9 +21,9 @@ the same every run
 A process made by ``fork`` after oneDNN loaded multiplies with NumPy's BLAS (GNU OpenMP's threads
 do not survive a fork; its child would wait for them for ever).
 
-Its threads are GNU OpenMP's, a pool shared with numba's loops; :func:`fastnn.openmp.load` loads
-that library first, with its idle threads told to sleep at once (their spinning took the cores from
-the optimizer's update that follows the last product).
+Its threads are GNU OpenMP's, a pool shared with numba's loops (the optimizer's update, ReLU, the
+gather); :func:`fastnn.openmp.load` loads that library first, and leaves it its own wait policy
+where oneDNN multiplies: its idle threads spin a while, and start the next product or loop at once.
 """
 
 from __future__ import annotations
