@@ -181,9 +181,9 @@ class NumpyBackend(Backend):
 
     @staticmethod
     def fused_flip_shift() -> FlipShift | None:
-        from fastnn import kernels_cpu
+        from fastnn import kernels_cpu, kernels_loops
 
-        return kernels_cpu.flip_shift if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
+        return kernels_loops.flip_shift if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
 
     @staticmethod
     def fused_matmul() -> MatMul | None:
@@ -193,9 +193,9 @@ class NumpyBackend(Backend):
 
     @staticmethod
     def fused_loop(name: str) -> Callable[..., Any] | None:
-        from fastnn import kernels_cpu
+        from fastnn import kernels_cpu, kernels_loops
 
-        return getattr(kernels_cpu, name) if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
+        return getattr(kernels_loops, name) if kernels_cpu.engine() == "numba" else None  # NumPy's: the formula
 
 
 @dataclass(frozen=True)

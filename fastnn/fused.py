@@ -4,10 +4,10 @@ out (or runs) the backend's own version where it has one and the portable formul
 The math core writes each formula once against the array API standard, which has no ``out=`` and
 no fused kernels, so each operation of a formula makes a full-size temporary array, and NumPy runs
 each on one core. Where a namespace can do better (NumPy with the ``[fast]`` and ``[onednn]``
-extras: :mod:`fastnn.kernels_cpu`; CuPy: :mod:`fastnn.kernels_cuda`), its backend class
-(:mod:`fastnn.backend`) hands that version out; ``None`` means "use the portable formula"
-(array-api-strict, and any other namespace). The layers and optimizers know their arrays, not the
-backend, so these functions look the backend class up by namespace.
+extras: :mod:`fastnn.kernels_cpu`, :mod:`fastnn.kernels_loops`; CuPy: :mod:`fastnn.kernels_cuda`),
+its backend class (:mod:`fastnn.backend`) hands that version out; ``None`` means "use the portable
+formula" (array-api-strict, and any other namespace). The layers and optimizers know their arrays,
+not the backend, so these functions look the backend class up by namespace.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def fused_flip_shift(xp: Any) -> FlipShift | None:
     """Random flips and shifts of CIFAR rows as one compiled loop for arrays of namespace ``xp``, or
     None where there is none and :func:`fastnn.augment.augment_images` runs its formula. The callable
     is ``flip_shift(x, flip, dy, dx)`` and returns the new rows; only NumPy with the numba engine has
-    one (:func:`fastnn.kernels_cpu.flip_shift`)."""
+    one (:func:`fastnn.kernels_loops.flip_shift`)."""
     return _backend_class(xp).fused_flip_shift()
 
 
@@ -87,7 +87,7 @@ def _loop(name: str, *arrays: Any) -> Any:
 
 def relu(x: Any) -> Any:
     """``maximum(x, 0)``; for NumPy's large float arrays with the numba engine, one loop on all the
-    cores (:func:`fastnn.kernels_cpu.relu`: NumPy's runs on one), the same bits. ``ReLU`` uses it."""
+    cores (:func:`fastnn.kernels_loops.relu`: NumPy's runs on one), the same bits. ``ReLU`` uses it."""
     y = _loop("relu", x)
     return namespace(x).maximum(x, 0.0) if y is None else y
 
@@ -101,13 +101,13 @@ def relu_grad(grad: Any, y: Any) -> Any:
 
 def take_rows(x: Any, index: Any) -> Any:
     """``take(x, index, axis=0)``: the training loop's batch gather; on NumPy with the numba engine
-    the rows of a 2-D ``x`` are copied on all the cores (:func:`fastnn.kernels_cpu.take_rows`)."""
+    the rows of a 2-D ``x`` are copied on all the cores (:func:`fastnn.kernels_loops.take_rows`)."""
     rows = _loop("take_rows", x, index)
     return namespace(x).take(x, index, axis=0) if rows is None else rows
 
 
 def sum_rows(x: Any) -> Any:
     """``sum(x, axis=0)`` of a 2-D ``x``: ``Dense``'s bias gradient; on NumPy with the numba engine
-    the columns are shared among the cores (:func:`fastnn.kernels_cpu.sum_rows`), the same bits."""
+    the columns are shared among the cores (:func:`fastnn.kernels_loops.sum_rows`), the same bits."""
     total = _loop("sum_rows", x)
     return namespace(x).sum(x, axis=0) if total is None else total

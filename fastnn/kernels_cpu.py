@@ -1,7 +1,7 @@
-"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores; a training step's
-elementwise loops on all the cores (:func:`relu`, :func:`relu_grad`, :func:`take_rows`: NumPy runs
-those on one); and which library multiplies NumPy's matrices (:func:`products`: NumPy's BLAS, or
-oneDNN with the ``[onednn]`` extra).
+"""In-place optimizer updates for NumPy arrays, shared among the CPU's cores; the engine and the
+threads they run on, which a training step's elementwise loops (:mod:`fastnn.kernels_loops`) use
+too; and which library multiplies NumPy's matrices (:func:`products`: NumPy's BLAS, or oneDNN with
+the ``[onednn]`` extra).
 
 Written with array operators, one Adam step on a (3072, 1024) weight makes seven full-size
 temporaries and runs on one core. Here the same formulas run in place, in one of two engines:
@@ -63,7 +63,7 @@ def engine() -> str:
     """The engine the updates run on: ``"numba"`` (the ``[fast]`` extra) or ``"numpy"``."""
     global _engine
     if _engine is None:
-        _engine = "numba" if _load_numba() is not None else "numpy"
+        _engine = "numba" if load_numba() is not None else "numpy"
     return _engine
 
 
@@ -76,7 +76,7 @@ def set_engine(name: str) -> str:
     global _engine
     if name not in _ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(_ENGINES)}")
-    if name == "numba" and _load_numba() is None:
+    if name == "numba" and load_numba() is None:
         why = _numba_refused or "needs numba: pip install 'fastnn[fast]'"
         raise ValueError(f"the numba engine {why}")
     previous = engine()
@@ -84,7 +84,7 @@ def set_engine(name: str) -> str:
     return previous
 
 
-def _load_numba() -> Any:
+def load_numba() -> Any:
     """The compiled kernels (a namespace with ``adam`` and ``sgd``), or None without numba."""
     global _numba
     if _numba is None and _numba_refused is None:
@@ -197,7 +197,7 @@ def _forked() -> None:
 
 def numba_threads_description() -> str:
     """Whose threads the numba engine's loops run on, for ``fastnn info``."""
-    numba_kernels = _load_numba()
+    numba_kernels = load_numba()
     if numba_kernels is None:
         return "no threads: numba is not in use"
     return "GNU OpenMP's threads" if numba_kernels.LAYER == "omp" else "numba's workqueue threads"
@@ -253,7 +253,7 @@ def _update(arrays: list[np.ndarray], block_update: BlockUpdate, scratch: dict) 
         future.result()
 
 
-def _numba_threads() -> int:
+def numba_threads() -> int:
     """numba's loops on :func:`threads` threads (at most the pool numba started with); returns how many."""
     import numba
 
@@ -289,7 +289,7 @@ def adam_step() -> AdamStep:
             flat = [a.reshape(-1) for a in arrays]
             scalars = (scalar(beta1), scalar(beta2), scalar(1.0 - beta1), scalar(1.0 - beta2), scalar(step_size),
                        scalar(eps_hat))  # fmt: skip
-            _numba_threads()
+            numba_threads()
             _numba.adam(*flat, *scalars)
             return
 
@@ -333,7 +333,7 @@ def sgd_step() -> SGDStep:
             scalar = param.dtype.type
             flat = [a.reshape(-1) for a in arrays]
             velocity_flat, settings = flat[-1], (velocity is not None, scalar(lr), scalar(momentum), bool(nesterov))
-            _numba_threads()
+            numba_threads()
             _numba.sgd(flat[0], flat[1], velocity_flat, *settings)
             return
 
@@ -356,98 +356,3 @@ def sgd_step() -> SGDStep:
         _update([param, grad] if velocity is None else [param, grad, velocity], block, scratch)
 
     return step
-
-
-def flip_shift(x: np.ndarray, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-    """CIFAR rows ``x`` (batch, 3072) flipped and shifted as :func:`fastnn.augment.augment_images`
-    says, by the numba engine's compiled loop (one image per iteration, on all threads): the same
-    values as the formula there, which builds a (batch, 3072) index array and gathers through it.
-    Only for the numba engine (``NumpyBackend.fused_flip_shift`` hands it out then)."""
-    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:  # the loop indexes rows of 3072 values unchecked
-        raise ValueError(f"flips and shifts need rows of 32x32 colour images (3072 values), got shape {x.shape}")
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    _numba_threads()
-    flip, dy, dx = np.asarray(flip, np.bool_), np.asarray(dy, np.int64), np.asarray(dx, np.int64)
-    if not flip.shape == dy.shape == dx.shape == (x.shape[0],):
-        raise ValueError(f"one flip and one shift (dy, dx) per image: {x.shape[0]} each, got {flip.shape}, "
-                         f"{dy.shape}, {dx.shape}")  # fmt: skip
-    _load_numba().flip_shift(x, flip, dy, dx, out)
-    return out
-
-
-PARALLEL_MIN = 1 << 15
-"""Elements below which the elementwise loops below leave the work to NumPy: starting the threads
-of a loop costs some microseconds, more than a small array's work."""
-
-
-def _loop_ok(*arrays: np.ndarray) -> bool:
-    """Whether the numba engine's elementwise loops take these arrays: numba engine, one float dtype,
-    contiguous, one shape, large enough to share among the threads."""
-    first = arrays[0]
-    return (
-        engine() == "numba"
-        and first.dtype in (np.float32, np.float64)
-        and first.size >= PARALLEL_MIN
-        and all(a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous for a in arrays)
-    )
-
-
-def relu(x: np.ndarray) -> np.ndarray | None:
-    """``maximum(x, 0)`` as one loop on all threads, the same bits as NumPy's (``ReLU.forward``'s
-    formula); None where the loop does not apply (:func:`_loop_ok`) and the formula runs."""
-    if not _loop_ok(x):
-        return None
-    out = np.empty_like(x)
-    _numba_threads()
-    _numba.relu(x.reshape(-1), out.reshape(-1), x.dtype.type(0))
-    return out
-
-
-def relu_grad(grad: np.ndarray, y: np.ndarray) -> np.ndarray | None:
-    """``grad * [y > 0]`` as one loop on all threads, the same bits as ``ReLU.backward``'s formula;
-    None where the loop does not apply and the formula runs."""
-    if not _loop_ok(grad, y):
-        return None
-    out = np.empty_like(grad)
-    _numba_threads()
-    dtype = grad.dtype.type
-    _numba.relu_grad(grad.reshape(-1), y.reshape(-1), out.reshape(-1), dtype(1), dtype(0))
-    return out
-
-
-def take_rows(x: np.ndarray, index: np.ndarray) -> np.ndarray | None:
-    """``take(x, index, axis=0)`` for a 2-D ``x``, its rows copied on all threads (NumPy's copies on
-    one); None where the loop does not apply (also for indices that are negative or out of range,
-    whose meaning or error NumPy gives) and NumPy's ``take`` runs."""
-    if (
-        x.ndim != 2
-        or index.ndim != 1
-        or index.dtype.kind not in "iu"
-        or not _loop_ok(x)
-        or index.size * x.shape[1] < PARALLEL_MIN
-        or index.size == 0
-        or index.min() < 0
-        or index.max() >= x.shape[0]
-    ):
-        return None
-    out = np.empty((index.size, x.shape[1]), dtype=x.dtype)
-    _numba_threads()
-    _numba.take_rows(x, index, out)
-    return out
-
-
-def sum_rows(x: np.ndarray) -> np.ndarray | None:
-    """``sum(x, axis=0)`` for a 2-D ``x`` (a bias gradient), its columns shared among the threads,
-    each column summed in NumPy's order, so with its bits; None where the loop does not apply (also
-    for fewer than 16 columns a thread) and NumPy's sum runs."""
-    if x.ndim != 2 or not _loop_ok(x):
-        return None
-    threads = _numba_threads()
-    if x.shape[1] < 16 * threads:
-        return None
-    out = np.empty(x.shape[1], dtype=x.dtype)
-    width = -(-x.shape[1] // threads)
-    width = -(-width // 16) * 16  # whole 64-byte lines of float32 to each thread
-    _numba.sum_rows(x, out, width, x.dtype.type(0))
-    return out

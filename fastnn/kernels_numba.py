@@ -1,5 +1,5 @@
 """Adam's and SGD's updates, and a step's elementwise work, as compiled loops (numba), for
-:mod:`fastnn.kernels_cpu`.
+:mod:`fastnn.kernels_cpu` and :mod:`fastnn.kernels_loops`.
 
 Each loop reads every array once and writes the result once, with the element held in registers
 through the formula's steps, the elements shared among the threads (``prange``). The threads are

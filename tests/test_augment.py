@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from fastnn import kernels_cpu
+from fastnn import kernels_cpu, kernels_loops
 from fastnn.augment import Mixup, augment_images, flip_averaged_probabilities, hflip
 from fastnn.backend import get_backend
 from fastnn.network import Network
@@ -99,6 +99,6 @@ def test_compiled_flips_and_shifts_refuse_rows_that_are_not_images():
     """The compiled loop indexes 3072 values per row without bounds checks, so it refuses other widths."""
     pytest.importorskip("numba", reason="the numba engine needs the [fast] extra")
     with pytest.raises(ValueError, match="rows of 32x32 colour images"):
-        kernels_cpu.flip_shift(np.zeros((4, 100), np.float32), np.zeros(4, bool), np.zeros(4, int), np.zeros(4, int))
+        kernels_loops.flip_shift(np.zeros((4, 100), np.float32), np.zeros(4, bool), np.zeros(4, int), np.zeros(4, int))
     with pytest.raises(ValueError, match="one flip and one shift"):
-        kernels_cpu.flip_shift(np.zeros((4, 3072), np.float32), np.zeros(3, bool), np.zeros(4, int), np.zeros(4, int))
+        kernels_loops.flip_shift(np.zeros((4, 3072), np.float32), np.zeros(3, bool), np.zeros(4, int), np.zeros(4, int))
