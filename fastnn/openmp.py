@@ -87,8 +87,9 @@ def load() -> bool:
 def products_share_the_pool() -> bool:
     """Whether oneDNN will multiply on this pool: its extra is installed where pip puts it and
     ``FASTNN_PRODUCTS`` does not name NumPy (an invalid value is refused where the products start)."""
-    if os.environ.get("FASTNN_PRODUCTS", "").strip() == "numpy":
-        return False
-    from fastnn import kernels_onednn  # here: it imports this module
+    from fastnn import kernels_cpu, kernels_onednn  # here: kernels_onednn imports this module
 
+    # the setting read as it stands, not through kernels_cpu.products_setting, which may load oneDNN, and so this
+    if os.environ.get(kernels_cpu.PRODUCTS_SETTING, "").strip() == "numpy":
+        return False
     return kernels_onednn.installed()
