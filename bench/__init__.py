@@ -6,6 +6,10 @@ with fastnn on NumPy and on CuPy and with a plain PyTorch implementation on the 
 reports milliseconds per epoch of 50,000 images, images per second, achieved GFLOP/s and the ratio to
 PyTorch on the same device, as a table and as JSON (``--out``).
 
+All runners share this process by default; ``--isolate`` starts each in a process of its own
+(``bench/isolated.py``), as users run the frameworks: then PyTorch multiplies on the OpenMP its wheel
+brings instead of the copy fastnn loaded first.
+
 What it is not: a benchmark of accuracy (the labels are random) or of data loading (there is none).
 PyTorch is optional (``pip install torch``, or the ``bench`` extra); without it the peer rows are missing and the
 output says so.

@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="TF32 matrix products on the GPU, both frameworks (inputs rounded to 10 mantissa bits; off by default)",
     )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="each runner in a process of its own, as users run the frameworks (each loads its own OpenMP and "
+        "BLAS; bench/isolated.py); default: all runners in this process",
+    )
     p.add_argument("--out", type=writable_file, default=None, help="write every number to this JSON file")
     p.add_argument("--markdown", type=writable_file, default=None, help="write the table as Markdown to this file")
     p.add_argument("--quick", action="store_true", help="a few steps on little data: checks that all runs work")
@@ -165,6 +171,43 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     return runners, status, gpu_name
 
 
+def build_isolated(args, sizes) -> tuple[list, dict[str, str], str | None]:
+    """The runners of :func:`build_runners`, each in a child process (``bench.isolated``)."""
+    from bench.isolated import ChildFailed, ProcessRunner
+
+    wanted = set(RUNNER_LABELS if args.only is None else args.only.split(","))
+    common = {"threads": args.threads, "rows": args.rows, "sizes": sizes, "lr": 1e-3}
+    specs: dict[str, list[dict]] = {
+        "fastnn-numpy": [
+            {"framework": "fastnn", "device": "cpu", "engine": e, "products": p}
+            for e in (args.engines or [None])
+            for p in (args.products or [None])
+        ],
+        "torch-cpu": [
+            {"framework": "torch", "device": "cpu", "adam": kind, "reference": i == 0}
+            for i, kind in enumerate(args.torch_adam)
+        ],
+        "fastnn-cupy": [{"framework": "fastnn", "device": "gpu", "tf32": args.tf32}],
+        "torch-cuda": [
+            {"framework": "torch", "device": "gpu", "adam": kind, "reference": i == 0}
+            for i, kind in enumerate(args.torch_adam)
+        ],
+    }
+    runners, status = [], {}
+    for label in RUNNER_LABELS:
+        if label not in wanted:
+            status[label] = "skipped: not in --only"
+            continue
+        try:
+            runners += [ProcessRunner({**common, **spec}) for spec in specs[label]]
+            status[label] = "ok: in a process of its own"
+        except ChildFailed as exc:
+            status[label] = f"unavailable: {exc}"
+    gpu = (r.describe()["backend"] for r in runners if r.device == "gpu" and r.framework == "fastnn")
+    gpu_name = next(gpu, None)
+    return runners, status, gpu_name and gpu_name.removeprefix("cupy on ")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
@@ -178,21 +221,28 @@ def main(argv: list[str] | None = None) -> int:
             undo.callback(setattr, matmul, "allow_tf32", matmul.allow_tf32)
             matmul.allow_tf32 = args.tf32
         undo.enter_context(cpu_threads(args.threads, lambda message: console.print(message, style="yellow")))
-        x, y = synthetic_data(args.rows, sizes[0], sizes[-1])
-        runners, status, gpu_name = build_runners(args, x, y, sizes)
-        del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)
+        children: list[int] = []  # the runners' processes, with --isolate
+        if args.isolate:
+            runners, status, gpu_name = build_isolated(args, sizes)
+            undo.callback(lambda: [r.close() for r in runners])
+            children = [r.process.pid for r in runners]
+        else:
+            x, y = synthetic_data(args.rows, sizes[0], sizes[-1])
+            runners, status, gpu_name = build_runners(args, x, y, sizes)
+            del x, y  # each runner holds its own device copy (torch on the CPU shares the host array)
         if not runners:
             reasons = "; ".join(f"{label}: {why}" for label, why in status.items())
             console.print(f"python -m bench: nothing to time here ({reasons})", style="red", soft_wrap=True)
             return 2
         info = machine_info(args.threads, gpu_name)
-        load = LoadMeter()
+        load = LoadMeter(children)
         results = []
         with console.status("timing") as spinner:
             for batch_size in args.batch_sizes:
                 results += measure(runners, workload, batch_size, args.epochs, args.steps, spinner.update)
         info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         info["load_during_run"] = load.result()
+        descriptions = {r.label: r.describe() for r in runners}  # before the children end
     print_report(console, results, info, status)
     if args.markdown:
         write_atomic(args.markdown, markdown_table(results).encode())
@@ -217,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                 "products": args.products,
                 "tf32": args.tf32,
                 "quick": args.quick,
+                "isolate": args.isolate,
             },
             "machine": info,
             "backends": status,
-            "runners": {r.label: r.describe() for r in runners},
+            "runners": descriptions,
             "results": [r.to_dict() for r in results],
             "notes": [
                 FLOP_NOTE,

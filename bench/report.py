@@ -52,23 +52,28 @@ class LoadMeter:
     """How busy the machine was during the run, and how much of that was other processes.
 
     Linux only (``/proc/stat``); elsewhere :meth:`result` gives None. ``other_cores`` is the average
-    number of cores that processes other than this one kept busy: 0 on a quiet machine.
+    number of cores that processes other than this one (and its ``children``) kept busy: 0 on a quiet machine.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, children: list[int] | None = None) -> None:
+        self.children = children or []  # the benchmark's own child processes (--isolate): counted as its own
         self.start = self._sample()
 
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float] | None:
+    def _sample(self) -> tuple[float, float, float, float] | None:
         try:
             with open("/proc/stat") as f:
                 fields = [float(v) for v in f.readline().split()[1:]]
+            ticks = os.sysconf("SC_CLK_TCK")
+            children = 0.0
+            for pid in self.children:
+                with open(f"/proc/{pid}/stat") as f:
+                    # utime and stime, the 14th and 15th fields, counted after the command's ")"
+                    children += sum(float(v) for v in f.read().rsplit(")", 1)[1].split()[11:13]) / ticks
         except (OSError, ValueError):
             return None
-        ticks = os.sysconf("SC_CLK_TCK")
         idle = fields[3] + fields[4]  # idle and iowait
         own = os.times()
-        return sum(fields) / ticks, idle / ticks, own.user + own.system, time.monotonic()
+        return sum(fields) / ticks, idle / ticks, own.user + own.system + children, time.monotonic()
 
     def result(self) -> dict[str, float] | None:
         end = self._sample()

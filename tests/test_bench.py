@@ -236,3 +236,40 @@ def test_the_median_interval_holds_the_median_and_narrows_with_more_rounds():
     width = {len(sample): np.diff(median_interval(list(sample)))[0] for sample in (few, many)}
     # the median of n rounds of noise 0.03 is known to about 0.03 * 1.25 / sqrt(n): 0.0027 for 200
     assert 0.005 < width[200] < 0.02 and width[200] < width[10]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the isolation that matters is PyTorch's: pip install torch")
+def test_isolated_runners_train_the_same_workload_each_in_a_process_of_its_own(tmp_path):
+    reports = {}
+    for mode in ("together", "isolated"):
+        out = tmp_path / f"{mode}.json"
+        extra = ["--isolate"] if mode == "isolated" else []
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", "--only", "fastnn-numpy,torch-cpu", "--batch-sizes", "64",
+             "--quick", "--threads", "1", "--out", str(out), *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        reports[mode] = json.loads(out.read_text())
+    isolated = reports["isolated"]
+    assert isolated["settings"]["isolate"] is True
+    assert isolated["backends"]["torch-cpu"] == "ok: in a process of its own"
+    processes = {label: info["process"] for label, info in isolated["runners"].items()}
+    assert len({p["pid"] for p in processes.values()}) == 2
+    # PyTorch's child loaded neither fastnn nor the OpenMP fastnn loads, but its wheel's own (if any)
+    assert processes["torch-cpu"]["fastnn_imported"] is False
+    assert all("torch" in path for path in processes["torch-cpu"]["openmp"])
+    assert processes["fastnn-numpy"]["fastnn_imported"] is True
+    # the same data, weights and loop in the children: the same losses as in one process
+    losses = {mode: {r["backend"]: r["mean_loss"] for r in report["results"]} for mode, report in reports.items()}
+    assert losses["isolated"]["fastnn-numpy"] == losses["together"]["fastnn-numpy"]
+    assert losses["isolated"]["torch-cpu"] == pytest.approx(losses["together"]["torch-cpu"], rel=1e-5)
+
+
+def test_a_child_that_cannot_build_its_runner_says_why_in_one_line():
+    from bench.isolated import ChildFailed, ProcessRunner
+
+    spec = {"framework": "fastnn", "device": "tpu", "threads": 1, "rows": 8, "sizes": [4, 3], "lr": 1e-3}
+    with pytest.raises(ChildFailed) as failed:
+        ProcessRunner(spec)
+    assert "tpu" in str(failed.value) and "\n" not in str(failed.value)

@@ -1,0 +1,156 @@
+"""Each runner in a process of its own (``python -m bench --isolate``), as users run the frameworks.
+
+In one process the frameworks share what a process has one copy of: fastnn loads the system's GNU
+OpenMP (``libgomp.so.1``) for oneDNN and numba, and PyTorch, loaded after it, multiplies on that
+copy too, instead of the ``libgomp.so.1`` its wheel brings (``torch/lib``), and with the idle policy
+fastnn chose for it. A user runs one framework per process, so ``--isolate`` starts each runner in a
+child process: PyTorch's child never imports fastnn (:func:`_peer_only`), fastnn's is the product's
+own set-up. The parent still alternates the runners round by round (:func:`bench.harness.measure`),
+one child at a time working while the others wait on their pipe (their OpenMP threads spin a few
+milliseconds after their last region, then sleep).
+
+:class:`ProcessRunner` is a runner (``bench.harness.Runner``) that forwards each call to its child
+over a pipe, with pickle; the child makes the same synthetic data from the same seed, so nothing
+large crosses the pipe but the initial weights.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+class ChildFailed(RuntimeError):
+    """The child process could not build its runner, or died."""
+
+
+class ProcessRunner:
+    """A runner in a child process. ``spec``: ``framework`` ("fastnn" or "torch"), ``device``
+    ("cpu" or "gpu"), ``threads``, ``rows``, ``sizes``, ``lr`` and the runner's own options
+    (fastnn: ``engine``, ``products``, ``tf32``; torch: ``adam``, ``reference``)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "isolated.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        identity = self._call(spec)
+        self.label, self.framework, self.device, self.reference = identity
+
+    def _call(self, message: Any) -> Any:
+        try:
+            pickle.dump(message, self.process.stdin)
+            self.process.stdin.flush()
+            status, value = pickle.load(self.process.stdout)
+        except (BrokenPipeError, EOFError):
+            code = self.process.wait()
+            raise ChildFailed(f"the benchmark's child process ended (exit status {code}); its error is above") from None
+        if status == "error":
+            raise ChildFailed(value)
+        return value
+
+    def setup(self, batch_size: int, weights: dict[str, Any]) -> None:
+        self._call(("setup", batch_size, weights))
+
+    def epoch(self, rows: int) -> tuple[float, float]:
+        return self._call(("epoch", rows))
+
+    def describe(self) -> dict[str, Any]:
+        return self._call(("describe",))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self._call(("exit",))
+            except ChildFailed:
+                pass
+            self.process.wait()
+
+
+def _peer_only() -> None:
+    """Make ``bench`` importable without its ``__init__`` (which imports fastnn and loads its OpenMP):
+    PyTorch's child then loads only what PyTorch loads."""
+    package = types.ModuleType("bench")
+    package.__path__ = [str(HERE)]
+    sys.modules["bench"] = package
+
+
+def _build(spec: dict[str, Any]) -> Any:
+    framework, device, threads = spec["framework"], spec["device"], spec["threads"]
+    sizes, rows, lr = spec["sizes"], spec["rows"], spec["lr"]
+    if framework == "torch":
+        _peer_only()
+        from bench.harness import synthetic_data
+        from bench.torch_peer import TorchRunner, torch
+
+        if torch is None:
+            raise ChildFailed("PyTorch is not installed (pip install torch)")
+        torch.set_num_threads(threads)
+        x, y = synthetic_data(rows, sizes[0], sizes[-1])
+        return TorchRunner("cuda" if device == "gpu" else "cpu", x, y, sizes, lr, spec["adam"], spec["reference"])
+    from bench.fastnn_run import FastnnRunner
+    from bench.harness import cpu_threads, synthetic_data
+    from fastnn.backend import get_backend
+
+    cpu_threads(threads, lambda message: print(message, file=sys.stderr)).__enter__()  # for the child's life
+    x, y = synthetic_data(rows, sizes[0], sizes[-1])
+    return FastnnRunner(
+        get_backend(device), x, y, sizes, lr, 0, tf32=spec.get("tf32", False),
+        engine=spec.get("engine"), products=spec.get("products"),
+    )  # fmt: skip
+
+
+def _serve() -> None:
+    """The child: build the runner the first message describes, then answer calls until "exit"."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything printed goes to stderr, not into the pipe
+    requests = sys.stdin.buffer
+
+    def reply(status: str, value: Any) -> None:
+        pickle.dump((status, value), replies)
+        replies.flush()
+
+    try:
+        runner = _build(pickle.load(requests))
+    except Exception as exc:  # the parent says it in one line
+        reply("error", f"{type(exc).__name__}: {exc}")
+        return
+    reply("ok", (runner.label, runner.framework, runner.device, runner.reference))
+    while True:
+        message = pickle.load(requests)
+        if message[0] == "exit":
+            reply("ok", None)
+            return
+        if message[0] == "setup":
+            reply("ok", runner.setup(*message[1:]))
+        elif message[0] == "epoch":
+            reply("ok", runner.epoch(*message[1:]))
+        elif message[0] == "describe":
+            info = runner.describe()
+            info["process"] = {"pid": os.getpid(), "fastnn_imported": "fastnn" in sys.modules, "openmp": _openmp()}
+            reply("ok", info)
+
+
+def _openmp() -> list[str]:
+    """The OpenMP libraries this process has loaded (``/proc/self/maps``; empty off Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+if __name__ == "__main__":
+    # run by path, Python put bench/ first on the path, where bench/profile.py would hide the standard
+    # library's profile: the project's root instead, whence the child imports bench and fastnn as the parent did
+    sys.path[0] = str(HERE.parent)
+    _serve()
