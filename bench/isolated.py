@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import types
@@ -110,6 +111,7 @@ def _build(spec: dict[str, Any]) -> Any:
 
 def _serve() -> None:
     """The child: build the runner the first message describes, then answer calls until "exit"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends its children
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything printed goes to stderr, not into the pipe
     requests = sys.stdin.buffer
@@ -125,7 +127,10 @@ def _serve() -> None:
         return
     reply("ok", (runner.label, runner.framework, runner.device, runner.reference))
     while True:
-        message = pickle.load(requests)
+        try:
+            message = pickle.load(requests)
+        except EOFError:  # the parent ended without a word (interrupted): so does the child
+            return
         if message[0] == "exit":
             reply("ok", None)
             return
