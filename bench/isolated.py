@@ -38,10 +38,18 @@ class ProcessRunner:
     (fastnn: ``engine``, ``products``, ``tf32``; torch: ``adam``, ``reference``)."""
 
     def __init__(self, spec: dict[str, Any]):
+        env = dict(os.environ)
+        if spec.get("products"):
+            # the library of fastnn's products as `FASTNN_PRODUCTS=... fastnn train` names it: fastnn.openmp
+            # picks GNU OpenMP's wait policy from it when the child starts, which set_products later cannot
+            from fastnn.kernels_cpu import PRODUCTS_SETTING
+
+            env[PRODUCTS_SETTING] = spec["products"]
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "isolated.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=env,
         )
         identity = self._call(spec)
         self.label, self.framework, self.device, self.reference = identity
@@ -134,14 +142,29 @@ def _serve() -> None:
         if message[0] == "exit":
             reply("ok", None)
             return
-        if message[0] == "setup":
-            reply("ok", runner.setup(*message[1:]))
-        elif message[0] == "epoch":
-            reply("ok", runner.epoch(*message[1:]))
-        elif message[0] == "describe":
-            info = runner.describe()
-            info["process"] = {"pid": os.getpid(), "fastnn_imported": "fastnn" in sys.modules, "openmp": _openmp()}
-            reply("ok", info)
+        try:
+            reply("ok", _answer(runner, message))
+        except Exception as exc:  # the parent raises it as ChildFailed, in one line
+            reply("error", f"{type(exc).__name__}: {exc}")
+
+
+def _answer(runner: Any, message: tuple) -> Any:
+    """What the runner says to one call: ("setup", batch_size, weights), ("epoch", rows), ("describe",)."""
+    if message[0] == "setup":
+        return runner.setup(*message[1:])
+    if message[0] == "epoch":
+        return runner.epoch(*message[1:])
+    if message[0] == "describe":
+        info = runner.describe()
+        openmp = sys.modules.get("fastnn.openmp")
+        info["process"] = {
+            "pid": os.getpid(),
+            "fastnn_imported": "fastnn" in sys.modules,
+            "openmp": _openmp(),
+            "openmp_wait": openmp.wait_policy if openmp else None,  # as fastnn set it up, for its children
+        }
+        return info
+    raise ValueError(f"unknown call {message[0]!r}")
 
 
 def _openmp() -> list[str]:

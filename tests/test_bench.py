@@ -273,3 +273,28 @@ def test_a_child_that_cannot_build_its_runner_says_why_in_one_line():
     with pytest.raises(ChildFailed) as failed:
         ProcessRunner(spec)
     assert "tpu" in str(failed.value) and "\n" not in str(failed.value)
+
+
+@pytest.mark.parametrize("products", ["numpy", "onednn"])
+def test_a_fastnn_child_waits_as_fastnn_train_would_with_its_products(products):
+    from bench.harness import initial_weights
+    from bench.isolated import ChildFailed, ProcessRunner
+    from fastnn import kernels_onednn
+
+    if products == "onednn" and not kernels_onednn.installed():
+        pytest.skip("the [onednn] extra is not installed")
+    spec = {"framework": "fastnn", "device": "cpu", "threads": 1, "rows": 8, "sizes": [4, 3], "lr": 1e-3}
+    runner = ProcessRunner({**spec, "products": products})
+    try:
+        with pytest.raises(ChildFailed, match="before setup|has no attribute"):  # refused in a line; the child lives on
+            runner.epoch(8)
+        runner.setup(4, initial_weights(spec["sizes"]))
+        seconds, loss = runner.epoch(8)
+        assert seconds > 0 and math.isfinite(loss)
+        info = runner.describe()
+    finally:
+        runner.close()
+    # GNU OpenMP's policy is chosen when the child starts, from FASTNN_PRODUCTS, as for `fastnn train`
+    wait = info["process"]["openmp_wait"]
+    assert info["products"] == products
+    assert ("sleep at once" in wait) == (products == "numpy"), wait
