@@ -127,12 +127,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def runner_specs(args) -> dict[str, list[dict]]:
+    """What each runner label stands for, one spec per runner: fastnn-numpy one per engine and
+    product library, the PyTorch peers one per ``--torch-adam`` (the first the reference). Both
+    :func:`build_runners` and :func:`build_isolated` make their runners from these."""
+    fastnn_cpu = [{"engine": e, "products": p} for e in (args.engines or [None]) for p in (args.products or [None])]
+    peers = [{"adam": kind, "reference": i == 0} for i, kind in enumerate(args.torch_adam)]
+    return {
+        "fastnn-numpy": [{"framework": "fastnn", "device": "cpu", **spec} for spec in fastnn_cpu],
+        "torch-cpu": [{"framework": "torch", "device": "cpu", **spec} for spec in peers],
+        "fastnn-cupy": [{"framework": "fastnn", "device": "gpu", "tf32": args.tf32}],
+        "torch-cuda": [{"framework": "torch", "device": "gpu", **spec} for spec in peers],
+    }
+
+
 def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     """Every runner that can run here, the status of each (ok or why not), and the GPU's name."""
     from bench.fastnn_run import FastnnRunner
     from fastnn.backend import BackendUnavailable, get_backend
 
     wanted = None if args.only is None else set(args.only.split(","))
+    specs = runner_specs(args)
     status: dict[str, str] = {}
     runners = []
     gpu_name = None
@@ -146,15 +161,14 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     if want("fastnn-numpy"):
         cpu = get_backend("cpu")
         runners += [
-            FastnnRunner(cpu, x, y, sizes, 1e-3, 0, engine=e, products=p)
-            for e in (args.engines or [None])
-            for p in (args.products or [None])
+            FastnnRunner(cpu, x, y, sizes, 1e-3, 0, engine=spec["engine"], products=spec["products"])
+            for spec in specs["fastnn-numpy"]
         ]
         status["fastnn-numpy"] = "ok"
     if want("torch-cpu"):
         status["torch-cpu"] = torch_status()
         if torch is not None:
-            runners += [TorchRunner("cpu", x, y, sizes, 1e-3, kind, i == 0) for i, kind in enumerate(args.torch_adam)]
+            runners += [TorchRunner("cpu", x, y, sizes, 1e-3, p["adam"], p["reference"]) for p in specs["torch-cpu"]]
     if want("fastnn-cupy"):
         try:
             backend = get_backend("gpu")
@@ -166,33 +180,18 @@ def build_runners(args, x, y, sizes) -> tuple[list, dict[str, str], str | None]:
     if want("torch-cuda"):
         status["torch-cuda"] = cuda_status()
         if status["torch-cuda"].startswith("ok"):
-            runners += [TorchRunner("cuda", x, y, sizes, 1e-3, kind, i == 0) for i, kind in enumerate(args.torch_adam)]
+            runners += [TorchRunner("cuda", x, y, sizes, 1e-3, p["adam"], p["reference"]) for p in specs["torch-cuda"]]
             gpu_name = gpu_name or torch.cuda.get_device_name()
     return runners, status, gpu_name
 
 
 def build_isolated(args, sizes) -> tuple[list, dict[str, str], str | None]:
-    """The runners of :func:`build_runners`, each in a child process (``bench.isolated``)."""
+    """The runners of :func:`build_runners` (:func:`runner_specs`), each in a child process (``bench.isolated``)."""
     from bench.isolated import ChildFailed, ProcessRunner
 
     wanted = set(RUNNER_LABELS if args.only is None else args.only.split(","))
     common = {"threads": args.threads, "rows": args.rows, "sizes": sizes, "lr": 1e-3}
-    specs: dict[str, list[dict]] = {
-        "fastnn-numpy": [
-            {"framework": "fastnn", "device": "cpu", "engine": e, "products": p}
-            for e in (args.engines or [None])
-            for p in (args.products or [None])
-        ],
-        "torch-cpu": [
-            {"framework": "torch", "device": "cpu", "adam": kind, "reference": i == 0}
-            for i, kind in enumerate(args.torch_adam)
-        ],
-        "fastnn-cupy": [{"framework": "fastnn", "device": "gpu", "tf32": args.tf32}],
-        "torch-cuda": [
-            {"framework": "torch", "device": "gpu", "adam": kind, "reference": i == 0}
-            for i, kind in enumerate(args.torch_adam)
-        ],
-    }
+    specs = runner_specs(args)
     runners, status = [], {}
     for label in RUNNER_LABELS:
         if label not in wanted:
