@@ -298,3 +298,20 @@ def test_a_fastnn_child_waits_as_fastnn_train_would_with_its_products(products):
     wait = info["process"]["openmp_wait"]
     assert info["products"] == products
     assert ("sleep at once" in wait) == (products == "numpy"), wait
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load meter reads Linux's /proc")
+def test_the_load_meter_counts_its_children_as_its_own():
+    from bench.report import LoadMeter
+
+    # a child that burns 0.3 s of CPU time, then waits (alive, so that /proc still has its times)
+    burn = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('done', flush=True)\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        meter, alone = LoadMeter([child.pid]), LoadMeter()
+        assert child.stdout.readline() == "done\n"
+        counted, uncounted = meter.result(), alone.result()
+    finally:
+        child.communicate("")
+    assert counted["this_process_cores"] * counted["seconds"] >= 0.25  # the child's 0.3 s, less its start-up
+    assert uncounted["this_process_cores"] * uncounted["seconds"] < 0.25  # this process only waited
