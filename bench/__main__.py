@@ -202,8 +202,7 @@ def build_isolated(args, sizes) -> tuple[list, dict[str, str], str | None]:
             status[label] = "ok: in a process of its own"
         except ChildFailed as exc:
             status[label] = f"unavailable: {exc}"
-    gpu = (r.describe()["backend"] for r in runners if r.device == "gpu" and r.framework == "fastnn")
-    gpu_name = next(gpu, None)
+    gpu_name = next((r.backend for r in runners if r.device == "gpu" and r.backend), None)  # before any setup
     return runners, status, gpu_name and gpu_name.removeprefix("cupy on ")
 
 

@@ -52,7 +52,8 @@ class ProcessRunner:
             env=env,
         )
         identity = self._call(spec)
-        self.label, self.framework, self.device, self.reference = identity
+        # backend: fastnn's "numpy on the CPU" or "cupy on <GPU>", known before setup; None for PyTorch
+        self.label, self.framework, self.device, self.reference, self.backend = identity
 
     def _call(self, message: Any) -> Any:
         try:
@@ -133,7 +134,8 @@ def _serve() -> None:
     except Exception as exc:  # the parent says it in one line
         reply("error", f"{type(exc).__name__}: {exc}")
         return
-    reply("ok", (runner.label, runner.framework, runner.device, runner.reference))
+    backend = runner.backend.describe() if runner.framework == "fastnn" else None
+    reply("ok", (runner.label, runner.framework, runner.device, runner.reference, backend))
     while True:
         try:
             message = pickle.load(requests)

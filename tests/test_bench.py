@@ -286,6 +286,7 @@ def test_a_fastnn_child_waits_as_fastnn_train_would_with_its_products(products):
     spec = {"framework": "fastnn", "device": "cpu", "threads": 1, "rows": 8, "sizes": [4, 3], "lr": 1e-3}
     runner = ProcessRunner({**spec, "products": products})
     try:
+        assert runner.backend == "numpy on the CPU"  # named before setup (build_isolated takes the GPU's name so)
         with pytest.raises(ChildFailed, match="before setup|has no attribute"):  # refused in a line; the child lives on
             runner.epoch(8)
         runner.setup(4, initial_weights(spec["sizes"]))
