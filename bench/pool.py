@@ -7,7 +7,9 @@ such as "no slower than PyTorch" needs several runs, made at different times. Th
 files of such runs: for each fastnn row, batch size and peer, the median of every round's paired
 ratio from all the runs, and a 95% interval from a two-level bootstrap that draws the runs with
 replacement and then the rounds within each drawn run, so that it widens with the spread between
-runs and not only within them.
+runs and not only within them. With two or three runs that interval is rough (a bootstrap sees the
+spread between runs only through the runs it has); it is still wider, and more honest, than
+pretending the rounds of all runs came from one.
 
 Only runs of the same set-up are pooled: the same workload and options, and the same CPU, libraries
 and kernels (``OPENBLAS_CORETYPE``, ``ONEDNN_MAX_CPU_ISA``, PyTorch's instruction set); a file that
