@@ -66,13 +66,14 @@ class Pooled:
         low, high = np.percentile(medians, [2.5, 97.5])
         return float(low), float(high)
 
-    def verdict(self) -> str:
-        low, high = self.interval()
-        if high < 1.0:
-            return "faster"
-        if low > 1.0:
-            return "slower"
-        return "level"
+
+def verdict(low: float, high: float) -> str:
+    """What an interval of fastnn's paired ratio says: "faster" below 1, "slower" above, else "level"."""
+    if high < 1.0:
+        return "faster"
+    if low > 1.0:
+        return "slower"
+    return "level"
 
 
 def load(path: Path) -> dict:
@@ -122,7 +123,8 @@ def pool(paths: list[Path]) -> list[Pooled]:
                 entry = pooled.setdefault((backend, peer, batch), Pooled(backend, peer, batch))
                 entry.runs.append([a / b for a, b in zip(ours, theirs)])
     if not pooled:
-        raise PoolError("no fastnn row paired with a peer in these files; run `python -m bench` with PyTorch installed")
+        raise PoolError("no fastnn row paired with a peer in these files (runs without PyTorch have none, and so do "
+                        "files from before the benchmark recorded paired ratios); run `python -m bench` with PyTorch")
     return sorted(pooled.values(), key=lambda p: (p.batch_size, p.backend, p.peer))
 
 
@@ -139,7 +141,7 @@ def report(entries: list[Pooled], paths: list[Path]) -> str:
         rounds = sum(map(len, e.runs))
         lines.append(
             f"{e.backend} / {e.peer}, batch {e.batch_size}: pooled {e.median:.3f}x "
-            f"(95% interval {low:.3f}-{high:.3f}, {rounds} rounds of {_runs(len(e.runs))}): {e.verdict()}"
+            f"(95% interval {low:.3f}-{high:.3f}, {rounds} rounds of {_runs(len(e.runs))}): {verdict(low, high)}"
         )
         lines.append(f"    each run's median (rounds): {each}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.harness import median_interval
-from bench.pool import PoolError, pool
+from bench.pool import PoolError, pool, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_runs_that_agree_pool_into_a_narrow_interval_on_their_side_of_one(tmp_pa
     low, high = entry.interval()
     assert low < entry.median < high < 1.0
     assert abs(entry.median - 0.95) < 0.01
-    assert entry.verdict() == "faster"
+    assert verdict(low, high) == "faster"
 
 
 def test_the_interval_widens_with_the_spread_between_runs(tmp_path):
@@ -53,9 +53,9 @@ def test_the_interval_widens_with_the_spread_between_runs(tmp_path):
     low, high = entry.interval()
     rounds_only = median_interval([r for run in entry.runs for r in run])
     assert high - low > 2 * (rounds_only[1] - rounds_only[0])
-    assert low < 1.0 < high and entry.verdict() == "level"
+    assert low < 1.0 < high and verdict(low, high) == "level"
     behind = [_run(tmp_path / f"b{i}.json", _noisy(1.05, 30, i)) for i in range(2)]
-    assert pool(behind)[0].verdict() == "slower"
+    assert verdict(*pool(behind)[0].interval()) == "slower"
 
 
 def test_batch_sizes_are_pooled_apart_and_may_differ_between_runs(tmp_path):
